@@ -1,0 +1,37 @@
+# Two commands on a fresh machine: `make run` and `make test`. Everything else is optional.
+SHELL := /bin/bash
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+UV_VERSION := 0.13.9
+STAMP := $(VENV)/.installed
+export PATH := $(abspath $(BIN)):$(PATH)
+export KERAS_BACKEND := tensorflow
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.PHONY: setup run test lint lock
+setup: $(STAMP)
+
+# The virtual environment is rebuilt only when the lock file or the project metadata change.
+$(STAMP): requirements.lock pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip install --python $(PY) --quiet -r requirements.lock
+	$(BIN)/uv pip install --python $(PY) --quiet --no-deps -e .
+	touch $@
+
+run: setup
+	$(BIN)/dvc repro
+	$(BIN)/dvc metrics show
+
+test: setup
+	$(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# Re-pin every dependency after editing pyproject.toml.
+lock: setup
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 -o requirements.lock

@@ -1,0 +1,1 @@
+"""Multimodal product type classification for the Rakuten France catalogue."""
