@@ -1,0 +1,255 @@
+"""The model bundle: everything needed to classify a product, saved together, loaded by one
+function, and the one prediction path that the pipeline, the batch command and the API share.
+
+models/bundle/
+  manifest.json    format, model version, params, metrics, sha256 of every file
+  labels.json      class order, product type codes and names
+  text/            text model (scikit-learn pipeline or Keras network) and its settings
+  image/           Keras image model and its input size
+  fusion/          how the two combine
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from rakuten_classifier import config
+from rakuten_classifier.config import logger
+from rakuten_classifier.data import LabelMap, image_paths, read_products, write_predictions_csv
+from rakuten_classifier.files import read_json, sha256_file, write_json
+from rakuten_classifier.fusion import Fusion
+from rakuten_classifier.image import ImageError, ImageModel, load_image_model
+from rakuten_classifier.text import TextModel, load_text_model, product_text
+
+FORMAT_VERSION = 1
+MANIFEST_JSON = "manifest.json"
+COMPONENTS = ("text", "image", "fusion")
+
+
+class BundleError(RuntimeError):
+    """A bundle that is missing, incomplete, of another format or altered since it was built."""
+
+
+@dataclass
+class BundlePrediction:
+    """Per product: fused probabilities, each modality's own, and what the photo contributed."""
+
+    probabilities: np.ndarray
+    text_probabilities: np.ndarray
+    image_probabilities: np.ndarray  # NaN rows where no photo was used
+    image_used: np.ndarray
+    image_problems: list[str | None]
+    labels: LabelMap
+
+    @property
+    def codes(self) -> np.ndarray:
+        return np.asarray(self.labels.codes)[self.probabilities.argmax(axis=1)]
+
+    @property
+    def confidence(self) -> np.ndarray:
+        return self.probabilities.max(axis=1)
+
+    def top(self, row: int, k: int = 5) -> list[tuple[int, float]]:
+        order = np.argsort(-self.probabilities[row])[:k]
+        return [(self.labels.codes[i], float(self.probabilities[row, i])) for i in order]
+
+
+@dataclass
+class Bundle:
+    path: Path
+    labels: LabelMap
+    text: TextModel
+    image: ImageModel | None
+    fusion: Fusion
+    manifest: dict[str, Any]
+
+    @property
+    def version(self) -> str:
+        return self.manifest["model_version"]
+
+    def decode_images(
+        self, images: Sequence[bytes | None]
+    ) -> tuple[np.ndarray | None, np.ndarray, list[str | None]]:
+        """Decode the photos that are there; report why each unusable one was left out."""
+        problems: list[str | None] = []
+        decoded: list[np.ndarray] = []
+        for data in images:
+            if self.image is None:
+                problems.append("the bundle has no image model")
+            elif data is None:
+                problems.append("missing")
+            else:
+                try:
+                    decoded.append(self.image.decode(data))
+                    problems.append(None)
+                except ImageError as error:
+                    problems.append(str(error))
+        used = np.array([problem is None for problem in problems], dtype=bool)
+        return (np.stack(decoded) if decoded else None), used, problems
+
+    def predict_products(
+        self,
+        designations: Sequence[str],
+        descriptions: Sequence[str | None],
+        images: Sequence[bytes | None],
+    ) -> BundlePrediction:
+        """Classify products from their raw title, description and photo bytes (or None)."""
+        texts = [product_text(t, d) for t, d in zip(designations, descriptions, strict=True)]
+        text_probabilities = self.text.predict_proba(texts)
+        pixels, used, problems = self.decode_images(images)
+        image_probabilities = np.full_like(text_probabilities, np.nan)
+        if pixels is not None:
+            image_probabilities[used] = self.image.predict_proba(pixels)
+        fused = self.fusion.combine(text_probabilities, image_probabilities, used)
+        return BundlePrediction(
+            fused, text_probabilities, image_probabilities, used, problems, self.labels
+        )
+
+
+def _file_hashes(root: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(root)): sha256_file(path)
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.name != MANIFEST_JSON
+    }
+
+
+def assemble_bundle(
+    out_dir: Path,
+    component_dirs: dict[str, Path],
+    labels: LabelMap,
+    params: dict[str, Any],
+) -> dict[str, Any]:
+    """Copy the trained components into `out_dir` and write its manifest (no metrics yet)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in COMPONENTS:
+        if name in component_dirs:
+            shutil.copytree(component_dirs[name], out_dir / name, dirs_exist_ok=True)
+    write_json(out_dir / config.LABELS_JSON, labels.to_json())
+    files = _file_hashes(out_dir)
+    version = hashlib.sha256("".join(f"{k}{v}" for k, v in files.items()).encode()).hexdigest()
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "model_version": version[:12],
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "classes": len(labels.codes),
+        "params": params,
+        "components": {
+            name: read_json(next((out_dir / name).glob("*.json")))
+            for name in COMPONENTS
+            if (out_dir / name).exists()
+        },
+        "metrics": {},
+        "files": files,
+    }
+    write_json(out_dir / MANIFEST_JSON, manifest)
+    return manifest
+
+
+def load_bundle(path: Path = config.BUNDLE_DIR, verify: bool = True) -> Bundle:
+    """The one way to load a bundle: checks its format and, by default, every file's sha256."""
+    path = Path(path)
+    if not (path / MANIFEST_JSON).exists():
+        raise BundleError(
+            f"{path}: no model bundle here ({MANIFEST_JSON} missing); build one with `make run` "
+            "or `dvc repro`, or fetch one with `dvc pull`"
+        )
+    manifest = read_json(path / MANIFEST_JSON)
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(
+            f"{path}: bundle format {manifest.get('format_version')} is not "
+            f"{FORMAT_VERSION}; rebuild it with this version of the code"
+        )
+    if verify:
+        for name, digest in manifest["files"].items():
+            file = path / name
+            if not file.exists():
+                raise BundleError(f"{file}: listed in the manifest but missing")
+            if sha256_file(file) != digest:
+                raise BundleError(f"{file}: altered since the bundle was built (sha256 differs)")
+    image = load_image_model(path / "image") if (path / "image").exists() else None
+    bundle = Bundle(
+        path=path,
+        labels=LabelMap.from_json(read_json(path / config.LABELS_JSON)),
+        text=load_text_model(path / "text"),
+        image=image,
+        fusion=Fusion.load(path / "fusion"),
+        manifest=manifest,
+    )
+    logger.info("loaded model bundle %s from %s", bundle.version, path)
+    return bundle
+
+
+def predict_frame(
+    bundle: Bundle, products: pd.DataFrame, batch_size: int = 64, progress: bool = True
+) -> tuple[pd.DataFrame, BundlePrediction]:
+    """Predict products that carry `designation`, `description` and `image_path` columns
+    (a photo path that does not exist means no photo), in batches with a progress bar."""
+    parts: list[BundlePrediction] = []
+    with tqdm(total=len(products), desc="predicting", unit="product", disable=not progress) as bar:
+        for first in range(0, len(products), batch_size):
+            chunk = products.iloc[first : first + batch_size]
+            images = [
+                Path(path).read_bytes() if path and Path(path).is_file() else None
+                for path in chunk["image_path"]
+            ]
+            parts.append(
+                bundle.predict_products(
+                    chunk["designation"].tolist(), chunk["description"].tolist(), images
+                )
+            )
+            bar.update(len(chunk))
+    prediction = _concatenate(parts, bundle.labels)
+    frame = pd.DataFrame(
+        {"prdtypecode": prediction.codes, "probability": prediction.confidence.round(6)},
+        index=products.index,
+    )
+    return frame, prediction
+
+
+def _concatenate(parts: list[BundlePrediction], labels: LabelMap) -> BundlePrediction:
+    width = len(labels.codes)
+    if not parts:
+        empty = np.zeros((0, width))
+        return BundlePrediction(empty, empty, empty, np.zeros(0, bool), [], labels)
+    return BundlePrediction(
+        np.concatenate([p.probabilities for p in parts]),
+        np.concatenate([p.text_probabilities for p in parts]),
+        np.concatenate([p.image_probabilities for p in parts]),
+        np.concatenate([p.image_used for p in parts]),
+        [problem for p in parts for problem in p.image_problems],
+        labels,
+    )
+
+
+def predict_csv(
+    bundle: Bundle, x_csv: Path, image_dir: Path, out: Path, batch_size: int = 64
+) -> pd.DataFrame:
+    """The batch command: a products CSV in the challenge layout in, `index,prdtypecode,
+    probability` out (written atomically). Rows without a usable photo use their text."""
+    products = read_products(x_csv)
+    products["image_path"] = [str(path) for path in image_paths(products, image_dir)]
+    frame, prediction = predict_frame(bundle, products, batch_size)
+    write_predictions_csv(out, frame)
+    problems = pd.Series([p for p in prediction.image_problems if p]).value_counts()
+    logger.info(
+        "%d products predicted into %s: %d with their photo, %d from text alone",
+        len(frame),
+        out,
+        int(prediction.image_used.sum()),
+        int((~prediction.image_used).sum()),
+    )
+    for problem, count in problems.items():
+        logger.info("  %d photo(s): %s", count, problem)
+    return frame

@@ -1,0 +1,82 @@
+"""Every path, file name and parameter lookup of the project, defined once, and its one logger.
+
+Paths are relative to the project root, which is the working directory: DVC runs every stage
+from the folder holding dvc.yaml, and the tests run the pipeline in temporary copies of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+LOGGER_NAME = "rakuten_classifier"
+logger = logging.getLogger(LOGGER_NAME)
+
+PARAMS_FILE = Path("params.yaml")
+
+DATA_DIR = Path("data")
+SAMPLE_DIR = DATA_DIR / "sample"
+RAW_DIR = DATA_DIR / "raw"
+PROCESSED_DIR = DATA_DIR / "processed"
+PREDICTIONS_DIR = DATA_DIR / "predictions"
+DOWNLOAD_CACHE_DIR = DATA_DIR / ".download_cache"
+
+MODELS_DIR = Path("models")
+TOKENIZER_DIR = MODELS_DIR / "tokenizer"
+TEXT_MODEL_DIR = MODELS_DIR / "text"
+IMAGE_MODEL_DIR = MODELS_DIR / "image"
+FUSION_DIR = MODELS_DIR / "fusion"
+BUNDLE_DIR = MODELS_DIR / "bundle"
+
+METRICS_DIR = Path("metrics")
+PLOTS_DIR = Path("plots")
+DVCLIVE_DIR = Path("dvclive")
+
+# The challenge's file layout, shared by the embedded sample and the full data set.
+X_TRAIN_CSV = "X_train_update.csv"
+Y_TRAIN_CSV = "Y_train_CVw08PX.csv"
+X_TEST_CSV = "X_test_update.csv"
+IMAGE_TRAIN_DIR = Path("images") / "image_train"
+IMAGE_TEST_DIR = Path("images") / "image_test"
+CATEGORIES_CSV = "categories.csv"
+CLASS_COUNTS_CSV = "class_counts_full_train.csv"
+
+# data/processed: one parquet file per split, plus the rows to predict for the challenge.
+SPLITS = ("train", "val", "test")
+UNLABELLED = "unlabelled"
+LABELS_JSON = "labels.json"
+
+
+def split_path(split: str, processed_dir: Path = PROCESSED_DIR) -> Path:
+    """The parquet file of one split (`train`, `val`, `test` or `unlabelled`)."""
+    return processed_dir / f"{split}.parquet"
+
+
+def load_params(section: str | None = None, path: Path = PARAMS_FILE) -> dict[str, Any]:
+    """Read params.yaml, or one top-level section of it (a clear error if it is missing)."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: parameter file not found (run from the project root)")
+    params = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if section is None:
+        return params
+    if section not in params:
+        raise KeyError(f"{path}: no section '{section}'")
+    return params[section]
+
+
+def setup_logging(level: str | None = None) -> None:
+    """One format for every stage and command; RAKUTEN_LOG_LEVEL overrides the level."""
+    level = (level or os.environ.get("RAKUTEN_LOG_LEVEL", "INFO")).upper()
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+        )
+        logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False

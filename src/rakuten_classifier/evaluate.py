@@ -1,0 +1,172 @@
+"""The predict stage: build the bundle, evaluate it on the held-out test split, draw the plots,
+and predict the unlabelled products. Metrics come from the bundle as it is saved, loaded through
+`load_bundle`, so the figures describe exactly what the API and the batch command serve."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from rakuten_classifier import config
+from rakuten_classifier.bundle import (
+    MANIFEST_JSON,
+    Bundle,
+    assemble_bundle,
+    load_bundle,
+    predict_frame,
+)
+from rakuten_classifier.config import logger
+from rakuten_classifier.data import load_labels, load_split, write_predictions_csv
+from rakuten_classifier.files import atomic_dir, atomic_path, write_json
+from rakuten_classifier.metrics import (
+    classification_scores,
+    per_class_scores,
+    plot_confusion,
+    plot_per_class_f1,
+    plot_training_curves,
+    read_dvclive_history,
+    time_per_product,
+)
+from rakuten_classifier.text import product_text
+
+
+def evaluate_bundle(
+    bundle: Bundle, test: pd.DataFrame, batch_size: int, singles: int
+) -> tuple[dict[str, Any], dict[str, pd.DataFrame], pd.DataFrame]:
+    """Score text, image and fusion on a labelled split, each with its measured inference time.
+
+    Returns the metrics (for metrics/*.json), the per-class scores, and per product its actual
+    and predicted product type codes (`image` empty where there is no photo). The image model is
+    scored on the products that have a photo; text and fusion on all of them.
+    """
+    _, prediction = predict_frame(bundle, test, batch_size)
+    y = test["label"].to_numpy()
+    used = prediction.image_used
+    predicted = {
+        "text": prediction.text_probabilities.argmax(axis=1),
+        "fusion": prediction.probabilities.argmax(axis=1),
+    }
+    metrics: dict[str, Any] = {
+        "text": classification_scores(y, predicted["text"]),
+        "fusion": classification_scores(y, predicted["fusion"]),
+        "image": {"n": 0},
+    }
+    if used.any():
+        predicted["image"] = prediction.image_probabilities[used].argmax(axis=1)
+        metrics["image"] = classification_scores(y[used], predicted["image"])
+        metrics["fusion_with_photo"] = classification_scores(y[used], predicted["fusion"][used])
+
+    rows = list(test[["designation", "description", "image_path"]].itertuples(index=False))
+    photo_rows = [row for row, has in zip(rows, used, strict=True) if has]
+
+    def text_only(batch: Sequence[Any]) -> Any:
+        return bundle.text.predict_proba(
+            [product_text(r.designation, r.description) for r in batch]
+        )
+
+    def image_only(batch: Sequence[Any]) -> Any:
+        pixels = np.stack([bundle.image.decode(Path(r.image_path).read_bytes()) for r in batch])
+        return bundle.image.predict_proba(pixels)
+
+    def fused(batch: Sequence[Any]) -> Any:
+        images = [
+            Path(r.image_path).read_bytes() if Path(r.image_path).is_file() else None for r in batch
+        ]
+        return bundle.predict_products(
+            [r.designation for r in batch], [r.description for r in batch], images
+        )
+
+    metrics["text"].update(time_per_product(text_only, rows, batch_size, singles))
+    metrics["fusion"].update(time_per_product(fused, rows, batch_size, singles))
+    if photo_rows:
+        metrics["image"].update(time_per_product(image_only, photo_rows, batch_size, singles))
+
+    per_class = {
+        name: per_class_scores(y if name != "image" else y[used], classes, bundle.labels)
+        for name, classes in predicted.items()
+    }
+    codes = np.asarray(bundle.labels.codes)
+    outcomes = pd.DataFrame(
+        {
+            "actual": codes[y],
+            "text": codes[predicted["text"]],
+            "fusion": codes[predicted["fusion"]],
+        },
+        index=test.index,
+    )
+    outcomes["image"] = pd.Series(pd.NA, index=test.index, dtype="Int64")
+    if used.any():
+        outcomes.loc[used, "image"] = codes[predicted["image"]]
+    return metrics, per_class, outcomes
+
+
+def run(
+    params: dict[str, Any],
+    processed_dir: Path = config.PROCESSED_DIR,
+    models_dir: Path = config.MODELS_DIR,
+    metrics_dir: Path = config.METRICS_DIR,
+    plots_dir: Path = config.PLOTS_DIR,
+    predictions_dir: Path = config.PREDICTIONS_DIR,
+    live_dir: Path = config.DVCLIVE_DIR,
+) -> dict[str, Any]:
+    """Assemble models/bundle from the trained parts, evaluate it, and write every output."""
+    stage = params["predict"]
+    labels = load_labels(processed_dir)
+    components = {name: Path(models_dir) / name for name in ("text", "image", "fusion")}
+    bundle_dir = Path(models_dir) / "bundle"
+    with atomic_dir(bundle_dir) as tmp:
+        manifest = assemble_bundle(tmp, components, labels, params)
+        bundle = load_bundle(tmp)
+        test = load_split("test", processed_dir)
+        metrics, per_class, outcomes = evaluate_bundle(
+            bundle, test, stage["batch_size"], stage["timing_singles"]
+        )
+        manifest["metrics"] = metrics
+        write_json(tmp / MANIFEST_JSON, manifest)
+    bundle.path = bundle_dir
+
+    write_json(Path(metrics_dir) / "test.json", metrics)
+    table = pd.concat([frame.assign(model=name) for name, frame in per_class.items()])
+    with atomic_path(Path(metrics_dir) / "per_class.csv") as tmp_csv:
+        table.to_csv(tmp_csv, index=False)
+    _write_plots(outcomes, per_class, labels, Path(plots_dir), Path(live_dir))
+
+    unlabelled = load_split(config.UNLABELLED, processed_dir)
+    predictions, _ = predict_frame(bundle, unlabelled, stage["batch_size"])
+    write_predictions_csv(Path(predictions_dir) / "predictions.csv", predictions)
+    logger.info("test metrics: %s", metrics)
+    return metrics
+
+
+def _write_plots(
+    outcomes: pd.DataFrame,
+    per_class: dict[str, pd.DataFrame],
+    labels: Any,
+    plots_dir: Path,
+    live_dir: Path,
+) -> None:
+    # For `dvc plots show` (confusion template): one row per test product.
+    with atomic_path(plots_dir / "confusion.csv") as tmp:
+        outcomes[["actual", "fusion"]].rename(columns={"fusion": "predicted"}).to_csv(
+            tmp, index=False
+        )
+    # PNGs rendered here: `dvc plots show` loads its JavaScript from a CDN.
+    for model in ("fusion", "text", "image"):
+        rows = outcomes[model].notna()
+        if rows.any():
+            plot_confusion(
+                outcomes.loc[rows, "actual"].astype(int),
+                outcomes.loc[rows, model].astype(int),
+                labels,
+                plots_dir / f"confusion_{model}.png",
+                f"{model} model, test split ({int(rows.sum())} products)",
+            )
+    plot_per_class_f1(per_class, plots_dir / "per_class_f1.png", "F1 per product type, test split")
+    histories = {
+        stage: read_dvclive_history(live_dir / stage) for stage in ("train_text", "train_image")
+    }
+    plot_training_curves(histories, plots_dir / "training_curves.png")

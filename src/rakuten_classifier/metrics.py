@@ -1,0 +1,169 @@
+"""Metrics, timings and plots: what `dvc metrics show/diff` compares and what people look at."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+)
+
+from rakuten_classifier.files import atomic_path
+
+if TYPE_CHECKING:
+    from rakuten_classifier.data import LabelMap
+
+
+def classification_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """Accuracy, weighted F1 (the challenge's metric) and macro F1 (every class counts the same)."""
+    if len(y_true) == 0:
+        return {"n": 0}
+    return {
+        "n": len(y_true),
+        "accuracy": round(float(accuracy_score(y_true, y_pred)), 4),
+        "f1_weighted": round(
+            float(f1_score(y_true, y_pred, average="weighted", zero_division=0)), 4
+        ),
+        "f1_macro": round(float(f1_score(y_true, y_pred, average="macro", zero_division=0)), 4),
+    }
+
+
+def per_class_scores(y_true: np.ndarray, y_pred: np.ndarray, labels: LabelMap) -> pd.DataFrame:
+    """Precision, recall, F1 and support for every product type, by code and name."""
+    classes = np.arange(len(labels.codes))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=classes, zero_division=0
+    )
+    return pd.DataFrame(
+        {
+            "prdtypecode": labels.codes,
+            "name": [labels.name(code) for code in labels.codes],
+            "precision": precision.round(4),
+            "recall": recall.round(4),
+            "f1": f1.round(4),
+            "support": support,
+        }
+    )
+
+
+def time_per_product(
+    predict: Callable[[Sequence[Any]], Any], items: Sequence[Any], batch_size: int, singles: int
+) -> dict[str, float]:
+    """Milliseconds per product, measured: in batches over all items, and one at a time over
+    the first `singles` items (the API's case). One warm-up call is not counted."""
+    if not len(items):
+        return {}
+    predict(items[:1])
+    start = time.perf_counter()
+    for first in range(0, len(items), batch_size):
+        predict(items[first : first + batch_size])
+    batch_ms = (time.perf_counter() - start) * 1000 / len(items)
+    count = min(singles, len(items))
+    start = time.perf_counter()
+    for row in range(count):
+        predict(items[row : row + 1])
+    single_ms = (time.perf_counter() - start) * 1000 / count
+    return {
+        "ms_per_product_batch": round(batch_ms, 3),
+        "ms_per_product_single": round(single_ms, 3),
+    }
+
+
+# --- plots ----------------------------------------------------------------------------------
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(figure: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    _pyplot().close(figure)
+
+
+def plot_confusion(
+    actual: Sequence[int], predicted: Sequence[int], labels: LabelMap, path: Path, title: str
+) -> None:
+    """Row-normalised confusion matrix of product type codes (recall on the diagonal), with
+    the counts written in the cells."""
+    plt = _pyplot()
+    classes = np.arange(len(labels.codes))
+    counts = confusion_matrix(actual, predicted, labels=list(labels.codes))
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    names = [f"{code} {labels.name(code)[:22]}" for code in labels.codes]
+    size = max(6.0, 0.38 * len(classes) + 2)
+    figure, axes = plt.subplots(figsize=(size + 1.5, size))
+    shown = axes.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for (row, column), count in np.ndenumerate(counts):
+        if count:
+            colour = "white" if rates[row, column] > 0.6 else "black"
+            axes.text(column, row, str(count), ha="center", va="center", fontsize=6, color=colour)
+    axes.set_xticks(classes, names, rotation=90, fontsize=7)
+    axes.set_yticks(classes, names, fontsize=7)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("actual")
+    axes.set_title(title)
+    figure.colorbar(shown, ax=axes, fraction=0.04, label="share of the actual class")
+    _save(figure, path)
+
+
+def plot_per_class_f1(scores: dict[str, pd.DataFrame], path: Path, title: str) -> None:
+    """One horizontal bar per product type and model, sorted by the last model's F1."""
+    plt = _pyplot()
+    last = next(reversed(scores.values()))
+    order = last.sort_values("f1")["prdtypecode"].tolist()
+    figure, axes = plt.subplots(figsize=(8, max(4.0, 0.3 * len(order) + 1)))
+    height = 0.8 / len(scores)
+    for offset, (model, frame) in enumerate(scores.items()):
+        frame = frame.set_index("prdtypecode").loc[order]
+        positions = np.arange(len(order)) + offset * height
+        axes.barh(positions, frame["f1"], height=height, label=model)
+    names = [f"{code} {last.set_index('prdtypecode').at[code, 'name'][:28]}" for code in order]
+    axes.set_yticks(np.arange(len(order)) + 0.4 - height / 2, names, fontsize=7)
+    axes.set_xlim(0, 1)
+    axes.set_xlabel("F1")
+    axes.set_title(title)
+    axes.legend(loc="lower right")
+    _save(figure, path)
+
+
+def plot_training_curves(histories: dict[str, pd.DataFrame], path: Path) -> None:
+    """Loss and accuracy per epoch (train and validation) of each Keras model, side by side."""
+    plt = _pyplot()
+    histories = {name: frame for name, frame in histories.items() if len(frame)}
+    if not histories:
+        return
+    figure, grid = plt.subplots(2, len(histories), figsize=(5 * len(histories), 6), squeeze=False)
+    for column, (name, frame) in enumerate(histories.items()):
+        for row, metric in enumerate(("loss", "accuracy")):
+            axes = grid[row][column]
+            for prefix, style in (("", "-"), ("val_", "--")):
+                if prefix + metric in frame:
+                    axes.plot(frame.index + 1, frame[prefix + metric], style, label=prefix + metric)
+            axes.set_title(f"{name}: {metric}")
+            axes.set_xlabel("epoch")
+            axes.legend()
+    _save(figure, path)
+
+
+def read_dvclive_history(live_dir: Path) -> pd.DataFrame:
+    """Per-epoch metrics a DVCLive logger wrote (`plots/metrics/*.tsv`), one column each."""
+    columns = {}
+    for tsv in sorted((Path(live_dir) / "plots" / "metrics").glob("*.tsv")):
+        frame = pd.read_csv(tsv, sep="\t")
+        columns[tsv.stem] = frame.set_index("step")[tsv.stem]
+    return pd.DataFrame(columns)

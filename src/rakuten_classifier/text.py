@@ -1,0 +1,330 @@
+"""Text: French-aware cleaning, the fitted vocabularies, and the two text classifiers.
+
+`product_text` is the one place where a product's title and description become model input;
+make_dataset, the batch command and the API all call it, so training and serving agree.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+import unicodedata
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.pipeline import FeatureUnion, Pipeline
+from stop_words import get_stop_words
+
+from rakuten_classifier.config import logger
+from rakuten_classifier.files import atomic_path, read_json, write_json
+from rakuten_classifier.fusion import softmax
+from rakuten_classifier.training import predict_batches
+
+_TAG = re.compile(r"<[^>]*>")
+_SPACE = re.compile(r"\s+")
+
+
+def clean_text(value: object) -> str:
+    """HTML unescaped and stripped, NFKC-normalised (accents kept), lowercased, spaces folded."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    text = str(value)
+    # Some descriptions are escaped twice (`&amp;#39;`): unescape until stable, at most twice.
+    for _ in range(2):
+        unescaped = html.unescape(text)
+        if unescaped == text:
+            break
+        text = unescaped
+    text = _TAG.sub(" ", text)
+    # NFKC folds ligatures and full-width forms but keeps "é" as one code point: accents carry
+    # meaning in French ("livre"/"livré") so they are not stripped.
+    text = unicodedata.normalize("NFKC", text).lower()
+    return _SPACE.sub(" ", text).strip()
+
+
+def product_text(designation: object, description: object) -> str:
+    """The model input of one product: its cleaned title, then its cleaned description."""
+    return " ".join(part for part in (clean_text(designation), clean_text(description)) if part)
+
+
+# --- fitted on the train split by the `tokenize` stage -------------------------------------
+
+TFIDF_FILE = "tfidf.joblib"
+VOCABULARY_FILE = "vocabulary.txt"
+# Word tokens of letters (accented too) and digits; one-letter words carry little.
+WORD_PATTERN = r"(?u)\b\w\w+\b"
+
+
+def stop_word_list(languages: list[str]) -> list[str]:
+    """Stop words of the given languages (the catalogue is mostly French, some English/German)."""
+    words: set[str] = set()
+    for language in languages:
+        words.update(clean_text(word) for word in get_stop_words(language))
+    return sorted(words)
+
+
+def build_tfidf(params: dict[str, Any]) -> FeatureUnion:
+    """Word and character n-gram TF-IDF side by side: characters cope with typos and plurals."""
+    stop_words = stop_word_list(params.get("stop_words") or []) or None
+    word = TfidfVectorizer(
+        analyzer="word",
+        token_pattern=WORD_PATTERN,
+        ngram_range=(1, params["word_ngram_max"]),
+        min_df=params["min_df"],
+        max_features=params["word_max_features"],
+        stop_words=stop_words,
+        sublinear_tf=True,
+        dtype=np.float32,
+    )
+    char = TfidfVectorizer(
+        analyzer="char_wb",
+        ngram_range=(params["char_ngram_min"], params["char_ngram_max"]),
+        min_df=params["min_df"],
+        max_features=params["char_max_features"],
+        sublinear_tf=True,
+        dtype=np.float32,
+    )
+    return FeatureUnion([("word", word), ("char", char)])
+
+
+def fit_vocabulary(texts: list[str], size: int) -> list[str]:
+    """The most frequent tokens of the train split, for the Keras network's TextVectorization."""
+    import keras
+
+    layer = keras.layers.TextVectorization(max_tokens=size, standardize=None, split="whitespace")
+    layer.adapt(np.asarray(texts, dtype=object))
+    # The first two entries are the padding and out-of-vocabulary tokens; the layer adds them back.
+    return [str(token) for token in layer.get_vocabulary()[2:]]
+
+
+def save_tokenizers(out_dir: Path, tfidf: FeatureUnion, vocabulary: list[str]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / TFIDF_FILE) as tmp:
+        joblib.dump(tfidf, tmp)
+    with atomic_path(out_dir / VOCABULARY_FILE) as tmp:
+        tmp.write_text("\n".join(vocabulary) + "\n", encoding="utf-8")
+
+
+def load_tfidf(tokenizer_dir: Path) -> FeatureUnion:
+    return joblib.load(tokenizer_dir / TFIDF_FILE)
+
+
+def load_vocabulary(tokenizer_dir: Path) -> list[str]:
+    return (tokenizer_dir / VOCABULARY_FILE).read_text(encoding="utf-8").splitlines()
+
+
+# --- the text classifiers -------------------------------------------------------------------
+
+TEXT_MODEL_JSON = "text_model.json"
+
+
+class LinearTextModel:
+    """TF-IDF features and a linear classifier in one scikit-learn pipeline, raw text in."""
+
+    kind = "linear"
+    MODEL_FILE = "model.joblib"
+
+    def __init__(self, pipeline: Pipeline, temperature: float = 1.0) -> None:
+        self.pipeline = pipeline
+        self.temperature = temperature
+
+    def logits(self, texts: list[str]) -> np.ndarray:
+        return np.asarray(self.pipeline.decision_function(texts), dtype=np.float64)
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        return softmax(self.logits(texts), self.temperature)
+
+    def save(self, out_dir: Path) -> None:
+        with atomic_path(out_dir / self.MODEL_FILE) as tmp:
+            joblib.dump(self.pipeline, tmp)
+
+    @classmethod
+    def load(cls, model_dir: Path, temperature: float) -> LinearTextModel:
+        return cls(joblib.load(model_dir / cls.MODEL_FILE), temperature)
+
+
+class KerasTextModel:
+    """A Keras network that takes the raw (cleaned) strings: its TextVectorization is inside."""
+
+    kind = "cnn"
+    MODEL_FILE = "model.keras"
+
+    def __init__(self, model: Any, temperature: float = 1.0) -> None:
+        self.model = model
+        self.temperature = temperature
+
+    def logits(self, texts: list[str]) -> np.ndarray:
+        probabilities = predict_batches(self.model, np.asarray(texts, dtype=object), 256)
+        # The network ends in a softmax: its log-probabilities serve as logits.
+        return np.log(probabilities.astype(np.float64) + 1e-12)
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        return softmax(self.logits(texts), self.temperature)
+
+    def save(self, out_dir: Path) -> None:
+        with atomic_path(out_dir / self.MODEL_FILE) as tmp:
+            self.model.save(tmp)
+
+    @classmethod
+    def load(cls, model_dir: Path, temperature: float) -> KerasTextModel:
+        import keras
+
+        return cls(keras.models.load_model(model_dir / cls.MODEL_FILE), temperature)
+
+
+TextModel = LinearTextModel | KerasTextModel
+_TEXT_MODEL_KINDS = {cls.kind: cls for cls in (LinearTextModel, KerasTextModel)}
+
+
+def save_text_model(model: TextModel, out_dir: Path, extra: dict[str, Any] | None = None) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save(out_dir)
+    write_json(
+        out_dir / TEXT_MODEL_JSON,
+        {"kind": model.kind, "temperature": model.temperature, **(extra or {})},
+    )
+
+
+def load_text_model(model_dir: Path) -> TextModel:
+    spec = read_json(model_dir / TEXT_MODEL_JSON)
+    kind = spec["kind"]
+    if kind not in _TEXT_MODEL_KINDS:
+        raise ValueError(f"{model_dir / TEXT_MODEL_JSON}: unknown text model kind '{kind}'")
+    logger.debug("loading %s text model from %s", kind, model_dir)
+    return _TEXT_MODEL_KINDS[kind].load(model_dir, spec["temperature"])
+
+
+# --- training (the train_text stage) --------------------------------------------------------
+
+
+def train_linear_text(
+    tfidf: FeatureUnion, train_texts: list[str], train_y: np.ndarray, params: dict[str, Any]
+) -> LinearTextModel:
+    """A linear SVM or logistic regression on the (already fitted) TF-IDF features."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.svm import LinearSVC
+
+    class_weight = params.get("class_weight")
+    if params["classifier"] == "svm":
+        classifier = LinearSVC(C=params["C"], class_weight=class_weight, max_iter=5000)
+    elif params["classifier"] == "logreg":
+        classifier = LogisticRegression(C=params["C"], class_weight=class_weight, max_iter=3000)
+    else:
+        raise ValueError(f"train_text.linear.classifier: unknown '{params['classifier']}'")
+    # The vectoriser was fitted on the train split by the tokenize stage: keep it as it is.
+    features = tfidf.transform(train_texts)
+    classifier.fit(features, train_y)
+    return LinearTextModel(Pipeline([("tfidf", tfidf), ("classifier", classifier)]))
+
+
+def build_text_cnn(vocabulary: list[str], n_classes: int, params: dict[str, Any]) -> Any:
+    """Raw strings in, class probabilities out: TextVectorization, embeddings, parallel Conv1D
+    with max-pooling (a Kim-style text CNN), dropout, softmax."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(shape=(), dtype="string", name="text")
+    tokens = layers.TextVectorization(
+        vocabulary=vocabulary,
+        standardize=None,  # clean_text already did it, identically for training and serving
+        split="whitespace",
+        output_sequence_length=params["sequence_length"],
+        name="vectorize",
+    )(inputs)
+    embedded = layers.Embedding(
+        len(vocabulary) + 2, params["embedding_dim"], mask_zero=False, name="embedding"
+    )(tokens)
+    embedded = layers.SpatialDropout1D(params["dropout"] / 2)(embedded)
+    pooled = [
+        layers.GlobalMaxPooling1D()(
+            layers.Conv1D(params["filters"], size, activation="relu", padding="same")(embedded)
+        )
+        for size in params["kernel_sizes"]
+    ]
+    features = layers.Concatenate()(pooled) if len(pooled) > 1 else pooled[0]
+    features = layers.Dropout(params["dropout"])(features)
+    outputs = layers.Dense(n_classes, activation="softmax", name="probabilities")(features)
+    model = keras.Model(inputs, outputs, name="text_cnn")
+    model.compile(
+        optimizer=keras.optimizers.Adam(params["learning_rate"]),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def train_cnn_text(
+    vocabulary: list[str],
+    train: tuple[list[str], np.ndarray],
+    val: tuple[list[str], np.ndarray],
+    n_classes: int,
+    params: dict[str, Any],
+    live: Any = None,
+) -> KerasTextModel:
+    import tensorflow as tf
+
+    from rakuten_classifier.training import balanced_class_weights, fit_keras
+
+    def dataset(texts: list[str], y: np.ndarray, shuffle: bool) -> tf.data.Dataset:
+        data = tf.data.Dataset.from_tensor_slices((np.asarray(texts, dtype=object), y))
+        if shuffle:
+            data = data.shuffle(len(texts), seed=0, reshuffle_each_iteration=True)
+        return data.batch(params["batch_size"]).prefetch(tf.data.AUTOTUNE)
+
+    model = build_text_cnn(vocabulary, n_classes, params)
+    class_weight = (
+        balanced_class_weights(train[1], n_classes)
+        if params.get("class_weight") == "balanced"
+        else None
+    )
+    fit_keras(
+        model,
+        dataset(*train, shuffle=True),
+        dataset(*val, shuffle=False),
+        epochs=params["epochs"],
+        patience=params["patience"],
+        class_weight=class_weight,
+        live=live,
+    )
+    return KerasTextModel(model)
+
+
+def train(
+    params: dict[str, Any],
+    seed: int,
+    processed_dir: Path,
+    tokenizer_dir: Path,
+    out_dir: Path,
+    live: Any = None,
+) -> dict[str, float]:
+    """The train_text stage: fit the selected model on train, calibrate it on validation,
+    save it, and return (and log) its validation scores."""
+    from rakuten_classifier.data import load_labels, load_split
+    from rakuten_classifier.fusion import fit_temperature
+    from rakuten_classifier.metrics import classification_scores
+    from rakuten_classifier.training import set_seeds
+
+    set_seeds(seed)
+    n_classes = len(load_labels(processed_dir).codes)
+    train_split, val_split = load_split("train", processed_dir), load_split("val", processed_dir)
+    train_data = (train_split["text"].tolist(), train_split["label"].to_numpy())
+    val_data = (val_split["text"].tolist(), val_split["label"].to_numpy())
+    kind = params["model"]
+    if kind == "linear":
+        model: TextModel = train_linear_text(
+            load_tfidf(tokenizer_dir), *train_data, params["linear"]
+        )
+    elif kind == "cnn":
+        vocabulary = load_vocabulary(tokenizer_dir)
+        model = train_cnn_text(vocabulary, train_data, val_data, n_classes, params["cnn"], live)
+    else:
+        raise ValueError(f"train_text.model: unknown '{kind}' (linear or cnn)")
+    model.temperature = fit_temperature(model.logits(val_data[0]), val_data[1])
+    scores = classification_scores(val_data[1], model.predict_proba(val_data[0]).argmax(axis=1))
+    save_text_model(model, out_dir, {"model": kind})
+    logger.info("text model %s: validation %s (temperature %.3g)", kind, scores, model.temperature)
+    return scores

@@ -1,0 +1,98 @@
+"""What every Keras model of the project shares: seeds, class weights, the fit loop, inference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rakuten_classifier.config import logger
+
+
+def set_seeds(seed: int) -> None:
+    """Same seed, same data, same machine: same model (op determinism costs little on CPU)."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def balanced_class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
+    """n / (k * count): each class weighs the same in the loss whatever its size."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    weights = np.where(counts > 0, len(labels) / (n_classes * np.maximum(counts, 1)), 0.0)
+    return {k: float(w) for k, w in enumerate(weights)}
+
+
+def open_live(stage_dir: Path) -> Any:
+    """A DVCLive logger for one stage: the stage's dvc.yaml entry declares its files."""
+    from dvclive import Live
+
+    live = Live(dir=str(stage_dir), dvcyaml=False, save_dvc_exp=False)
+    # dvc.yaml declares the per-epoch plots folder; a model without epochs leaves it empty.
+    (Path(stage_dir) / "plots" / "metrics").mkdir(parents=True, exist_ok=True)
+    return live
+
+
+def fit_keras(
+    model: Any,
+    train_data: Any,
+    val_data: Any,
+    *,
+    epochs: int,
+    patience: int,
+    class_weight: dict[int, float] | None,
+    live: Any = None,
+    verbose: int = 2,
+) -> dict[str, list[float]]:
+    """Fit with early stopping on the validation loss, keeping the best epoch's weights.
+
+    Per-epoch losses and accuracies go to DVCLive, so `dvc plots` and the report draw the curves.
+    """
+    import keras
+
+    callbacks: list[Any] = [
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=patience, restore_best_weights=True
+        )
+    ]
+    if live is not None:
+        from dvclive.keras import DVCLiveCallback
+
+        class EpochLogger(DVCLiveCallback):
+            def on_train_end(self, logs: dict | None = None) -> None:
+                """The stage ends the logger itself, after logging its final metrics."""
+
+        callbacks.append(EpochLogger(live=live))
+    history = model.fit(
+        train_data,
+        validation_data=val_data,
+        epochs=epochs,
+        class_weight=class_weight,
+        callbacks=callbacks,
+        verbose=verbose,
+    )
+    logger.info("trained %d epoch(s)", len(history.history.get("loss", [])))
+    return history.history
+
+
+def predict_batches(model: Any, inputs: Any, batch_size: int = 64) -> np.ndarray:
+    """Call the model directly, batch by batch: far less overhead than `model.predict` for the
+    one-product requests of the API, and the same numbers for the batches of the pipeline."""
+    import tensorflow as tf
+
+    outputs = [
+        np.asarray(model(tf.convert_to_tensor(inputs[start : start + batch_size]), training=False))
+        for start in range(0, len(inputs), batch_size)
+    ]
+    if not outputs:
+        return np.zeros((0, model.output_shape[-1]), dtype=np.float32)
+    return np.concatenate(outputs)
+
+
+def log_scores(live: Any, prefix: str, scores: dict[str, float]) -> None:
+    """Final scores into the stage's DVCLive metrics.json (what `dvc exp show` lists)."""
+    for name, value in scores.items():
+        live.log_metric(f"{prefix}/{name}", value, plot=False)

@@ -1,0 +1,24 @@
+"""Stage make_dataset: validated, cleaned, split products in data/processed (parquet)."""
+
+from pathlib import Path
+
+import typer
+
+from rakuten_classifier import config, data
+from rakuten_classifier.files import write_json
+
+
+def main(
+    params_file: Path = config.PARAMS_FILE,
+    raw_dir: Path = config.RAW_DIR,
+    out_dir: Path = config.PROCESSED_DIR,
+    summary_file: Path = config.METRICS_DIR / "data.json",
+) -> None:
+    config.setup_logging()
+    params = config.load_params(path=params_file)
+    summary = data.make_dataset(raw_dir, out_dir, params["make_dataset"], params["seed"])
+    write_json(summary_file, summary)
+
+
+if __name__ == "__main__":
+    typer.run(main)

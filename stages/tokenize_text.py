@@ -1,0 +1,29 @@
+"""Stage tokenize: the TF-IDF vectoriser and the Keras vocabulary, fitted on the train split.
+
+(Not named tokenize.py: the script folder comes first on sys.path and would shadow the
+standard library module of that name.)
+"""
+
+from pathlib import Path
+
+import typer
+
+from rakuten_classifier import config, text
+from rakuten_classifier.data import load_split
+
+
+def main(
+    params_file: Path = config.PARAMS_FILE,
+    processed_dir: Path = config.PROCESSED_DIR,
+    out_dir: Path = config.TOKENIZER_DIR,
+) -> None:
+    config.setup_logging()
+    params = config.load_params("tokenize", params_file)
+    texts = load_split("train", processed_dir)["text"].tolist()
+    tfidf = text.build_tfidf(params).fit(texts)
+    vocabulary = text.fit_vocabulary(texts, params["vocabulary_size"])
+    text.save_tokenizers(out_dir, tfidf, vocabulary)
+
+
+if __name__ == "__main__":
+    typer.run(main)
