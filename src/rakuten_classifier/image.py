@@ -16,7 +16,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from rakuten_classifier.config import logger
 from rakuten_classifier.files import atomic_path, read_json, write_json
 from rakuten_classifier.fusion import softmax
-from rakuten_classifier.training import predict_batches
+from rakuten_classifier.training import InferenceFunction
 
 # Formats Pillow decodes safely and that product photos come in.
 SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP"})
@@ -196,9 +196,10 @@ class ImageModel:
         self.model = model
         self.image_size = image_size
         self.temperature = temperature
+        self.forward = InferenceFunction(model)
 
     def logits(self, pixels: np.ndarray) -> np.ndarray:
-        probabilities = predict_batches(self.model, pixels.astype(np.float32), 32)
+        probabilities = self.forward(pixels.astype(np.float32), 32)
         return np.log(probabilities.astype(np.float64) + 1e-12)
 
     def predict_proba(self, pixels: np.ndarray) -> np.ndarray:

@@ -161,9 +161,12 @@ def plot_training_curves(histories: dict[str, pd.DataFrame], path: Path) -> None
 
 
 def read_dvclive_history(live_dir: Path) -> pd.DataFrame:
-    """Per-epoch metrics a DVCLive logger wrote (`plots/metrics/*.tsv`), one column each."""
+    """Per-epoch metrics the Keras callback logged through DVCLive, Keras-named (`loss`,
+    `val_loss`...): DVCLive files them as `plots/metrics/{train,eval}/<metric>.tsv`."""
+    root = Path(live_dir) / "plots" / "metrics"
     columns = {}
-    for tsv in sorted((Path(live_dir) / "plots" / "metrics").glob("*.tsv")):
-        frame = pd.read_csv(tsv, sep="\t")
-        columns[tsv.stem] = frame.set_index("step")[tsv.stem]
+    for tsv in sorted(root.rglob("*.tsv")):
+        split = tsv.parent.name
+        name = {"train": tsv.stem, "eval": f"val_{tsv.stem}"}.get(split, f"{split}_{tsv.stem}")
+        columns[name] = pd.read_csv(tsv, sep="\t").set_index("step")[tsv.stem]
     return pd.DataFrame(columns)

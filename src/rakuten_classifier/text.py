@@ -22,7 +22,7 @@ from stop_words import get_stop_words
 from rakuten_classifier.config import logger
 from rakuten_classifier.files import atomic_path, read_json, write_json
 from rakuten_classifier.fusion import softmax
-from rakuten_classifier.training import predict_batches
+from rakuten_classifier.training import InferenceFunction
 
 _TAG = re.compile(r"<[^>]*>")
 _SPACE = re.compile(r"\s+")
@@ -60,10 +60,12 @@ WORD_PATTERN = r"(?u)\b\w\w+\b"
 
 
 def stop_word_list(languages: list[str]) -> list[str]:
-    """Stop words of the given languages (the catalogue is mostly French, some English/German)."""
+    """Stop words of the given languages (the catalogue is mostly French, some English/German),
+    cut into tokens the way the word vectoriser cuts text ("aujourd'hui" -> "aujourd", "hui")."""
     words: set[str] = set()
     for language in languages:
-        words.update(clean_text(word) for word in get_stop_words(language))
+        for word in get_stop_words(language):
+            words.update(re.findall(WORD_PATTERN, clean_text(word)))
     return sorted(words)
 
 
@@ -156,9 +158,10 @@ class KerasTextModel:
     def __init__(self, model: Any, temperature: float = 1.0) -> None:
         self.model = model
         self.temperature = temperature
+        self.forward = InferenceFunction(model)
 
     def logits(self, texts: list[str]) -> np.ndarray:
-        probabilities = predict_batches(self.model, np.asarray(texts, dtype=object), 256)
+        probabilities = self.forward(np.asarray(texts, dtype=object), 256)
         # The network ends in a softmax: its log-probabilities serve as logits.
         return np.log(probabilities.astype(np.float64) + 1e-12)
 
