@@ -309,8 +309,20 @@ def import_raw(params: dict[str, Any], out_dir: Path = config.RAW_DIR) -> Path:
     if source == "sample":
         return import_sample(Path(params["sample_dir"]), out_dir)
     if source == "huggingface":
-        raise NotImplementedError(
-            "data.source=huggingface: downloading the full data set is not available yet; "
-            "use data.source=sample"
-        )
+        from rakuten_classifier.download import fetch_challenge_data
+
+        # Downloads land in a cache outside data/raw (DVC deletes a stage's outputs before it
+        # runs), so an interrupted download resumes and a finished one is not fetched again.
+        with atomic_dir(out_dir) as tmp:
+            fetch_challenge_data(
+                params["hf_base_url"],
+                tmp,
+                config.DOWNLOAD_CACHE_DIR,
+                checksums=params.get("checksums") or None,
+            )
+            # Project metadata (category names, full class counts) is not part of the download.
+            for name in METADATA_FILES:
+                if (Path(params["sample_dir"]) / name).exists():
+                    shutil.copy2(Path(params["sample_dir"]) / name, tmp / name)
+        return Path(out_dir)
     raise ValueError(f"params.yaml data.source: unknown '{source}' (sample or huggingface)")

@@ -18,12 +18,10 @@ import contextlib
 import email.utils
 import errno
 import hashlib
-import logging
 import os
 import re
 import shutil
 import socket
-import tempfile
 import time
 import zipfile
 from collections.abc import Iterable, Mapping
@@ -36,7 +34,8 @@ from urllib.parse import quote, urlsplit
 import requests
 from tqdm import tqdm
 
-logger = logging.getLogger("rakuten_classifier")
+from rakuten_classifier.config import logger
+from rakuten_classifier.files import atomic_dir, atomic_path, sha256_file
 
 CHALLENGE_FILES: tuple[str, ...] = (
     "X_train_update.csv",
@@ -140,14 +139,6 @@ def _normalise_sha256(value: str | None) -> str | None:
     if not _SHA256_RE.match(digest):
         raise ValueError(f"not a sha256 hex digest: {value!r}")
     return digest
-
-
-def _sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _describe_exception(exc: BaseException) -> tuple[str, bool]:
@@ -457,7 +448,7 @@ def _existing_is_valid(dest: Path, expected_sha256: str | None, expected_size: i
     if expected_size is not None and dest.stat().st_size != expected_size:
         logger.warning("%s has the wrong size; downloading it again", dest)
         return False
-    if expected_sha256 is not None and _sha256_of(dest) != expected_sha256:
+    if expected_sha256 is not None and sha256_file(dest) != expected_sha256:
         logger.warning("%s has the wrong sha256; downloading it again", dest)
         return False
     return True
@@ -637,19 +628,39 @@ def _select_images(zf: zipfile.ZipFile, zip_path: Path) -> dict[str, list[zipfil
     return chosen
 
 
-def _swap_in(new: Path, target: Path) -> None:
-    """Put the folder ``new`` at ``target``, replacing what is there, leaving no mix of both."""
-    if not target.exists():
-        os.replace(new, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=".images-old-", dir=target.parent))
-    os.replace(target, old / target.name)
-    try:
-        os.replace(new, target)
-    except BaseException:
-        os.replace(old / target.name, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+def _extract_members(
+    zf: zipfile.ZipFile,
+    zip_path: Path,
+    chosen: dict[str, list[zipfile.ZipInfo]],
+    dest: Path,
+    progress: bool,
+) -> dict[str, int]:
+    total = sum(len(members) for members in chosen.values())
+    counts: dict[str, int] = {}
+    with tqdm(
+        total=total,
+        unit="img",
+        desc=f"extract {zip_path.name}",
+        disable=None if progress else True,
+        leave=False,
+    ) as bar:
+        for split, members in chosen.items():
+            split_dir = dest / split
+            split_dir.mkdir()
+            names: set[str] = set()
+            for info in members:
+                name = PurePosixPath(info.filename.replace("\\", "/")).name
+                bar.update(1)
+                if name in names:
+                    logger.warning("%s: duplicate %s/%s skipped", zip_path, split, name)
+                    continue
+                names.add(name)
+                # Stream: members are copied in chunks, never read whole into memory;
+                # ZipExtFile checks each member's CRC when it reaches its end.
+                with zf.open(info) as src, (split_dir / name).open("wb") as dst:
+                    shutil.copyfileobj(src, dst, _CHUNK)
+            counts[split] = len(names)
+    return counts
 
 
 def extract_images(
@@ -678,43 +689,14 @@ def extract_images(
         ) from exc
     with zf:
         chosen = _select_images(zf, zip_path)
-        total = sum(len(v) for v in chosen.values())
-        tmp = Path(tempfile.mkdtemp(prefix=".images-extract-", dir=out_dir))
         try:
-            counts: dict[str, int] = {}
-            with tqdm(
-                total=total,
-                unit="img",
-                desc=f"extract {zip_path.name}",
-                disable=None if progress else True,
-                leave=False,
-            ) as bar:
-                for split, members in chosen.items():
-                    split_dir = tmp / split
-                    split_dir.mkdir()
-                    names: set[str] = set()
-                    for info in members:
-                        name = PurePosixPath(info.filename.replace("\\", "/")).name
-                        if name in names:
-                            logger.warning("%s: duplicate %s/%s skipped", zip_path, split, name)
-                            bar.update(1)
-                            continue
-                        names.add(name)
-                        # Stream: members are copied in chunks, never read whole into memory;
-                        # ZipExtFile checks each member's CRC when it reaches its end.
-                        with zf.open(info) as src, (split_dir / name).open("wb") as dst:
-                            shutil.copyfileobj(src, dst, _CHUNK)
-                        bar.update(1)
-                    counts[split] = len(names)
-            _swap_in(tmp, target)
+            # The photos appear all at once, replacing any previous images/, or not at all.
+            with atomic_dir(target) as tmp:
+                counts = _extract_members(zf, zip_path, chosen, tmp, progress)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
             raise ArchiveError(
                 f"{zip_path} is corrupt ({exc}); delete it so that it is downloaded again"
             ) from exc
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     logger.info("Extracted %s into %s: %s", zip_path, target, counts)
     return counts
 
@@ -726,14 +708,6 @@ def extract_images(
 
 def _join_url(base_url: str, name: str) -> str:
     return base_url.rstrip("/") + "/" + quote(name)
-
-
-def _copy_atomic(src: Path, dest: Path) -> None:
-    # Copy (not hardlink): DVC may make its outputs read-only or move them into its own cache,
-    # and the download cache must stay intact for the next run.
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dest)
 
 
 def fetch_challenge_data(
@@ -792,6 +766,9 @@ def fetch_challenge_data(
         if name.lower().endswith(".zip"):
             extract_images(path, out_dir, progress=download_kwargs.get("progress", True))
         else:
-            _copy_atomic(path, out_dir / name)
+            # Copy (not hardlink): DVC may make its outputs read-only or move them into its
+            # cache, and the download cache must stay intact for the next run.
+            with atomic_path(out_dir / name) as tmp:
+                shutil.copyfile(path, tmp)
     logger.info("Challenge data ready in %s", out_dir)
     return out_dir
