@@ -11,12 +11,15 @@ from rakuten_classifier.training import log_scores, open_live
 def main(
     params_file: Path = config.PARAMS_FILE,
     processed_dir: Path = config.PROCESSED_DIR,
+    features_dir: Path = config.FEATURES_DIR,
     out_dir: Path = config.IMAGE_MODEL_DIR,
 ) -> None:
     config.setup_logging()
     params = config.load_params(path=params_file)
     with open_live(config.DVCLIVE_DIR / "train_image") as live:
-        scores = image.train(params["train_image"], params["seed"], processed_dir, out_dir, live)
+        scores = image.train(
+            params["train_image"], params["seed"], processed_dir, features_dir, out_dir, live
+        )
         log_scores(live, "val", scores)
 
 

