@@ -20,9 +20,7 @@ def main(
     config.setup_logging()
     params = config.load_params("tokenize", params_file)
     texts = load_split("train", processed_dir)["text"].tolist()
-    tfidf = text.build_tfidf(params).fit(texts)
-    vocabulary = text.fit_vocabulary(texts, params["vocabulary_size"])
-    text.save_tokenizers(out_dir, tfidf, vocabulary)
+    text.save_tokenizers(out_dir, *text.fit_tokenizers(texts, params))
 
 
 if __name__ == "__main__":

@@ -13,14 +13,13 @@ def main(
     processed_dir: Path = config.PROCESSED_DIR,
     text_dir: Path = config.TEXT_MODEL_DIR,
     image_dir: Path = config.IMAGE_MODEL_DIR,
+    features_dir: Path = config.FEATURES_DIR,
     out_dir: Path = config.FUSION_DIR,
 ) -> None:
     config.setup_logging()
     params = config.load_params(path=params_file)
     with open_live(config.DVCLIVE_DIR / "train_fusion") as live:
-        scores = fusion.train(
-            params["train_fusion"], params["seed"], processed_dir, text_dir, image_dir, out_dir
-        )
+        scores = fusion.train(params, processed_dir, text_dir, image_dir, features_dir, out_dir)
         log_scores(live, "val", scores)
 
 

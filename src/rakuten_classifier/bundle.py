@@ -129,8 +129,10 @@ def assemble_bundle(
     component_dirs: dict[str, Path],
     labels: LabelMap,
     params: dict[str, Any],
+    metrics: dict[str, Any] | None = None,
+    training: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Copy the trained components into `out_dir` and write its manifest (no metrics yet)."""
+    """Copy the trained components into `out_dir` and write its manifest."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in COMPONENTS:
@@ -150,7 +152,8 @@ def assemble_bundle(
             for name in COMPONENTS
             if (out_dir / name).exists()
         },
-        "metrics": {},
+        "metrics": metrics or {},
+        "training": training or {},
         "files": files,
     }
     write_json(out_dir / MANIFEST_JSON, manifest)

@@ -81,3 +81,6 @@ def setup_logging(level: str | None = None) -> None:
         logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False
+    # TensorFlow's own Python warnings (retracing notices when one stage builds several
+    # models, deprecations) are not actionable for a user of the pipeline.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
@@ -262,28 +263,30 @@ def load_image_model(model_dir: Path) -> ImageModel:
 FEATURES_JSON = "features.json"
 
 
-def _photo_splits(processed_dir: Path) -> dict[str, Any]:
-    from rakuten_classifier.data import load_split
+def _photos(frame: Any, split: str) -> Any:
+    photos = frame[frame["has_image"]]
+    if photos.empty:
+        raise ValueError(f"no usable photo in the {split} split: cannot train an image model")
+    return photos
 
-    splits = {name: load_split(name, processed_dir) for name in ("train", "val")}
-    splits = {name: frame[frame["has_image"]] for name, frame in splits.items()}
-    for name, frame in splits.items():
-        if frame.empty:
-            raise ValueError(f"no usable photo in the {name} split: cannot train an image model")
-    return splits
+
+LABELLED_SPLITS = ("train", "val", "test")
 
 
 def extract_features(params: dict[str, Any], processed_dir: Path, out_dir: Path) -> dict:
     """The image_features stage: the pooled features of a pretrained backbone for every usable
-    photo of the train and validation splits, computed once. Sweeps over the head (and every
-    `dvc exp run` that keeps the backbone) reuse them instead of decoding and running the
-    backbone again. A backbone trained from scratch has no fixed features: nothing is written."""
+    photo of the labelled splits, computed once. Sweeps over the head (and every `dvc exp run`
+    that keeps the backbone) reuse them instead of decoding and running the backbone again.
+    A backbone trained from scratch has no fixed features: nothing is written then."""
+    from rakuten_classifier.data import load_split
+
     summary: dict[str, Any] = {"pretrained": is_pretrained(params)}
     with atomic_dir(out_dir) as tmp:
         if summary["pretrained"]:
             size = params["image_size"]
             forward = InferenceFunction(build_backbone(params["backbone"], params["weights"], size))
-            for name, frame in _photo_splits(processed_dir).items():
+            for name in LABELLED_SPLITS:
+                frame = _photos(load_split(name, processed_dir), name)
                 # Each photo carries its row index through the pipeline, so features stay
                 # matched to their product even if a photo fails to decode and is skipped.
                 data = image_dataset(
@@ -293,9 +296,9 @@ def extract_features(params: dict[str, Any], processed_dir: Path, out_dir: Path)
                 for pixels, rows in tqdm(data, desc=f"{name} features", unit="batch"):
                     features.append(forward(pixels))
                     index.append(rows.numpy())
-                features_array = np.concatenate(features).astype(np.float32)
-                np.savez(tmp / f"{name}.npz", index=np.concatenate(index), features=features_array)
-                summary[name] = {"photos": len(features_array), "dims": features_array.shape[1]}
+                stacked = np.concatenate(features).astype(np.float32)
+                np.savez(tmp / f"{name}.npz", index=np.concatenate(index), features=stacked)
+                summary[name] = {"photos": len(stacked), "dims": stacked.shape[1]}
         write_json(tmp / FEATURES_JSON, {**summary, **{k: params[k] for k in FEATURE_PARAMS}})
     logger.info("image features: %s", summary)
     return summary
@@ -304,11 +307,83 @@ def extract_features(params: dict[str, Any], processed_dir: Path, out_dir: Path)
 FEATURE_PARAMS = ("backbone", "weights", "image_size")
 
 
-def load_features(features_dir: Path, split: str, frame: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Cached features and labels of the split's photos, matched by row index."""
-    stored = np.load(Path(features_dir) / f"{split}.npz")
-    labels = frame["label"].reindex(stored["index"])
-    return stored["features"], labels.to_numpy()
+def load_features(features_dir: Path, photos: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Cached features and labels of the given photo rows, in their order (any split)."""
+    parts = [np.load(path) for path in sorted(Path(features_dir).glob("*.npz"))]
+    index = np.concatenate([part["index"] for part in parts])
+    features = np.concatenate([part["features"] for part in parts])
+    position = pd.Series(np.arange(len(index)), index=index)
+    missing = photos.index.difference(position.index)
+    if len(missing):
+        raise ValueError(f"{features_dir}: no cached features for rows {list(missing[:5])}")
+    return features[position.loc[photos.index].to_numpy()], photos["label"].to_numpy()
+
+
+def fit_image_model(
+    params: dict[str, Any],
+    seed: int,
+    n_classes: int,
+    train: tuple[Any, tuple[np.ndarray, np.ndarray] | None],
+    val: tuple[Any, tuple[np.ndarray, np.ndarray] | None] | None,
+    live: Any = None,
+    epochs: dict[str, int] | None = None,
+) -> tuple[ImageModel, dict[str, int]]:
+    """Train the image classifier in up to two phases; `train` and `val` are (photo frame,
+    cached (features, labels) or None). Without `val`, each phase runs the `epochs` given.
+
+    Pretrained backbone: (1) the head alone on the cached features (seconds), then, if
+    `fine_tune.blocks` > 0, (2) the head and the last blocks together on augmented photos at
+    a low learning rate. From scratch: the whole network on augmented photos.
+    Returns the model and the useful epochs of each phase (for the final refit).
+    """
+    import tensorflow as tf
+
+    from rakuten_classifier.training import balanced_class_weights, fit_keras
+
+    size, batch_size = params["image_size"], params["batch_size"]
+    class_weight = None
+    if params.get("class_weight") == "balanced":
+        class_weight = balanced_class_weights(train[0]["label"].to_numpy(), n_classes)
+
+    def photos(frame: Any, shuffle: bool) -> Any:
+        paths, labels = frame["image_path"].tolist(), frame["label"].to_numpy()
+        return image_dataset(paths, labels, size, batch_size, shuffle, seed)
+
+    def features(cached: tuple[np.ndarray, np.ndarray], shuffle: bool) -> Any:
+        data = tf.data.Dataset.from_tensor_slices(cached)
+        if shuffle:
+            data = data.shuffle(len(cached[1]), seed=seed)
+        return data.batch(batch_size)
+
+    def fit(model: Any, phase: str, as_features: bool) -> None:
+        settings = params[phase]
+        compile_model(model, settings["learning_rate"])
+        if as_features:
+            train_data, val_data = features(train[1], True), val and features(val[1], False)
+        else:
+            train_data, val_data = photos(train[0], True), val and photos(val[0], False)
+        used[phase] = fit_keras(
+            model,
+            train_data,
+            val_data,
+            epochs=epochs[phase] if epochs else settings["epochs"],
+            patience=settings["patience"],
+            class_weight=class_weight,
+            live=live,
+        )
+
+    used: dict[str, int] = {}
+    backbone = build_backbone(params["backbone"], params.get("weights"), size)
+    head = build_head(n_classes, params["head"]["dropout"])
+    model = build_image_model(backbone, head, params)
+    if is_pretrained(params):
+        fit(head, "head", as_features=True)
+        if params["fine_tune"]["blocks"] > 0:
+            unfreeze_last_blocks(backbone, params["backbone"], params["fine_tune"]["blocks"])
+            fit(model, "fine_tune", as_features=False)
+    else:
+        fit(model, "head", as_features=False)
+    return ImageModel(model, size), used
 
 
 def train(
@@ -319,72 +394,68 @@ def train(
     out_dir: Path,
     live: Any = None,
 ) -> dict[str, float]:
-    """The train_image stage, in up to two phases, and calibration on the validation photos.
-
-    Pretrained backbone: (1) the head alone on the cached features (seconds), then, if
-    `fine_tune.blocks` > 0, (2) the head and the last blocks together on augmented photos at
-    a low learning rate. From scratch: the whole network on augmented photos.
-    """
-    import tensorflow as tf
-
-    from rakuten_classifier.data import load_labels
+    """The train_image stage: fit on the train photos, calibrate on the validation photos,
+    save, and return the validation scores (on products that have a photo)."""
+    from rakuten_classifier.data import load_labels, load_split
     from rakuten_classifier.fusion import fit_temperature
     from rakuten_classifier.metrics import classification_scores
-    from rakuten_classifier.training import balanced_class_weights, fit_keras, set_seeds
+    from rakuten_classifier.training import set_seeds
 
     set_seeds(seed)
     n_classes = len(load_labels(processed_dir).codes)
-    splits = _photo_splits(processed_dir)
-    size, batch_size = params["image_size"], params["batch_size"]
-    head_params, tune_params = params["head"], params["fine_tune"]
-    class_weight = None
-    if params.get("class_weight") == "balanced":
-        class_weight = balanced_class_weights(splits["train"]["label"].to_numpy(), n_classes)
-
-    def photos(name: str) -> Any:
-        frame = splits[name]
-        paths, labels = frame["image_path"].tolist(), frame["label"].to_numpy()
-        return image_dataset(paths, labels, size, batch_size, name == "train", seed)
-
-    def fit(model: Any, train_data: Any, val_data: Any, phase: dict[str, Any]) -> None:
-        compile_model(model, phase["learning_rate"])
-        fit_keras(
-            model,
-            train_data,
-            val_data,
-            epochs=phase["epochs"],
-            patience=phase["patience"],
-            class_weight=class_weight,
-            live=live,
-        )
-
-    backbone = build_backbone(params["backbone"], params.get("weights"), size)
-    head = build_head(n_classes, head_params["dropout"])
-    model = build_image_model(backbone, head, params)
-    if is_pretrained(params):
-        cached = {name: load_features(features_dir, name, splits[name]) for name in splits}
-        train_data = tf.data.Dataset.from_tensor_slices(cached["train"])
-        train_data = train_data.shuffle(len(cached["train"][1]), seed=seed).batch(batch_size)
-        fit(
-            head,
-            train_data,
-            tf.data.Dataset.from_tensor_slices(cached["val"]).batch(256),
-            head_params,
-        )
-        if tune_params["blocks"] > 0:
-            unfreeze_last_blocks(backbone, params["backbone"], tune_params["blocks"])
-            fit(model, photos("train"), photos("val"), tune_params)
-    else:
-        fit(model, photos("train"), photos("val"), head_params)
-
-    image_model = ImageModel(model, size)
-    val_pixels = load_pixels(splits["val"]["image_path"].tolist(), size)
-    val_y = splits["val"]["label"].to_numpy()
-    image_model.temperature = fit_temperature(image_model.logits(val_pixels), val_y)
-    scores = classification_scores(val_y, image_model.predict_proba(val_pixels).argmax(axis=1))
-    save_image_model(image_model, out_dir, {k: params[k] for k in FEATURE_PARAMS})
-    logger.info("image model: validation %s (temperature %.3g)", scores, image_model.temperature)
+    frames = {name: _photos(load_split(name, processed_dir), name) for name in ("train", "val")}
+    cached = {
+        name: load_features(features_dir, frame) if is_pretrained(params) else None
+        for name, frame in frames.items()
+    }
+    model, epochs = fit_image_model(
+        params,
+        seed,
+        n_classes,
+        (frames["train"], cached["train"]),
+        (frames["val"], cached["val"]),
+        live,
+    )
+    val_pixels = load_pixels(frames["val"]["image_path"].tolist(), model.image_size)
+    val_y = frames["val"]["label"].to_numpy()
+    model.temperature = fit_temperature(model.logits(val_pixels), val_y)
+    scores = classification_scores(val_y, model.predict_proba(val_pixels).argmax(axis=1))
+    save_image_model(model, out_dir, {**{k: params[k] for k in FEATURE_PARAMS}, "epochs": epochs})
+    logger.info("image model: validation %s (temperature %.3g)", scores, model.temperature)
     return scores
+
+
+def fit_recipe(
+    params: dict[str, Any], photos: Any, n_classes: int, features_dir: Path, spec: dict[str, Any]
+) -> ImageModel:
+    """The validated recipe (`spec`: its image_model.json) trained on other photos: for the
+    final refit and for out-of-fold predictions, with the validated epochs and temperature."""
+    from rakuten_classifier.training import set_seeds
+
+    image_params = params["train_image"]
+    set_seeds(params["seed"])
+    cached = load_features(features_dir, photos) if is_pretrained(image_params) else None
+    model, _ = fit_image_model(
+        image_params, params["seed"], n_classes, (photos, cached), None, epochs=spec["epochs"]
+    )
+    model.temperature = spec["temperature"]
+    return model
+
+
+def refit(
+    params: dict[str, Any],
+    labelled: Any,
+    n_classes: int,
+    features_dir: Path,
+    evaluated_dir: Path,
+    out_dir: Path,
+) -> ImageModel:
+    """The evaluated recipe retrained on every labelled photo, for the final bundle."""
+    spec = read_json(Path(evaluated_dir) / IMAGE_MODEL_JSON)
+    photos = _photos(labelled, "labelled")
+    model = fit_recipe(params, photos, n_classes, features_dir, spec)
+    save_image_model(model, out_dir, {**spec, "trained_on": len(photos)})
+    return model
 
 
 def unfreeze_last_blocks(backbone: Any, name: str, blocks: int) -> None:

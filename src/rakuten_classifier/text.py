@@ -103,6 +103,12 @@ def fit_vocabulary(texts: list[str], size: int) -> list[str]:
     return [str(token) for token in layer.get_vocabulary()[2:]]
 
 
+def fit_tokenizers(texts: list[str], params: dict[str, Any]) -> tuple[FeatureUnion, list[str]]:
+    """Both text representations, fitted on the given texts (the train split in the pipeline,
+    every labelled product for the final refit)."""
+    return build_tfidf(params).fit(texts), fit_vocabulary(texts, params["vocabulary_size"])
+
+
 def save_tokenizers(out_dir: Path, tfidf: FeatureUnion, vocabulary: list[str]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / TFIDF_FILE) as tmp:
@@ -263,11 +269,14 @@ def build_text_cnn(vocabulary: list[str], n_classes: int, params: dict[str, Any]
 def train_cnn_text(
     vocabulary: list[str],
     train: tuple[list[str], np.ndarray],
-    val: tuple[list[str], np.ndarray],
+    val: tuple[list[str], np.ndarray] | None,
     n_classes: int,
     params: dict[str, Any],
     live: Any = None,
-) -> KerasTextModel:
+    epochs: int | None = None,
+) -> tuple[KerasTextModel, int]:
+    """The Keras text network, early-stopped on `val`, or trained `epochs` epochs without it;
+    returns the model and the number of epochs worth keeping."""
     import tensorflow as tf
 
     from rakuten_classifier.training import balanced_class_weights, fit_keras
@@ -284,16 +293,35 @@ def train_cnn_text(
         if params.get("class_weight") == "balanced"
         else None
     )
-    fit_keras(
+    best = fit_keras(
         model,
         dataset(*train, shuffle=True),
-        dataset(*val, shuffle=False),
-        epochs=params["epochs"],
+        dataset(*val, shuffle=False) if val is not None else None,
+        epochs=epochs or params["epochs"],
         patience=params["patience"],
         class_weight=class_weight,
         live=live,
     )
-    return KerasTextModel(model)
+    return KerasTextModel(model), best
+
+
+def fit_text_model(
+    params: dict[str, Any],
+    tokenizers: tuple[FeatureUnion, list[str]],
+    train: tuple[list[str], np.ndarray],
+    val: tuple[list[str], np.ndarray] | None,
+    n_classes: int,
+    live: Any = None,
+    epochs: int | None = None,
+) -> tuple[TextModel, int]:
+    """The text model that `params["model"]` selects, and its useful epoch count (0: none)."""
+    kind = params["model"]
+    tfidf, vocabulary = tokenizers
+    if kind == "linear":
+        return train_linear_text(tfidf, *train, params["linear"]), 0
+    if kind == "cnn":
+        return train_cnn_text(vocabulary, train, val, n_classes, params["cnn"], live, epochs)
+    raise ValueError(f"train_text.model: unknown '{kind}' (linear or cnn)")
 
 
 def train(
@@ -316,18 +344,43 @@ def train(
     train_split, val_split = load_split("train", processed_dir), load_split("val", processed_dir)
     train_data = (train_split["text"].tolist(), train_split["label"].to_numpy())
     val_data = (val_split["text"].tolist(), val_split["label"].to_numpy())
-    kind = params["model"]
-    if kind == "linear":
-        model: TextModel = train_linear_text(
-            load_tfidf(tokenizer_dir), *train_data, params["linear"]
-        )
-    elif kind == "cnn":
-        vocabulary = load_vocabulary(tokenizer_dir)
-        model = train_cnn_text(vocabulary, train_data, val_data, n_classes, params["cnn"], live)
-    else:
-        raise ValueError(f"train_text.model: unknown '{kind}' (linear or cnn)")
+    tokenizers = (load_tfidf(tokenizer_dir), load_vocabulary(tokenizer_dir))
+    model, epochs = fit_text_model(params, tokenizers, train_data, val_data, n_classes, live)
     model.temperature = fit_temperature(model.logits(val_data[0]), val_data[1])
     scores = classification_scores(val_data[1], model.predict_proba(val_data[0]).argmax(axis=1))
-    save_text_model(model, out_dir, {"model": kind})
-    logger.info("text model %s: validation %s (temperature %.3g)", kind, scores, model.temperature)
+    save_text_model(model, out_dir, {"model": params["model"], "epochs": epochs})
+    logger.info("text model: validation %s (temperature %.3g)", scores, model.temperature)
     return scores
+
+
+def fit_recipe(
+    params: dict[str, Any], frame: Any, n_classes: int, spec: dict[str, Any]
+) -> TextModel:
+    """The validated recipe (`spec`: its text_model.json) trained from scratch on other rows,
+    tokenizers included: for the final refit and for out-of-fold predictions. No validation
+    split is left, so the epoch count and temperature are the validated run's."""
+    from rakuten_classifier.training import set_seeds
+
+    set_seeds(params["seed"])
+    texts, labels = frame["text"].tolist(), frame["label"].to_numpy()
+    tokenizers = fit_tokenizers(texts, params["tokenize"])
+    model, _ = fit_text_model(
+        params["train_text"],
+        tokenizers,
+        (texts, labels),
+        None,
+        n_classes,
+        epochs=spec["epochs"] or None,
+    )
+    model.temperature = spec["temperature"]
+    return model
+
+
+def refit(
+    params: dict[str, Any], labelled: Any, n_classes: int, evaluated_dir: Path, out_dir: Path
+) -> TextModel:
+    """The evaluated recipe retrained on every labelled product, for the final bundle."""
+    spec = read_json(Path(evaluated_dir) / TEXT_MODEL_JSON)
+    model = fit_recipe(params, labelled, n_classes, spec)
+    save_text_model(model, out_dir, {**spec, "trained_on": len(labelled)})
+    return model

@@ -39,25 +39,29 @@ def open_live(stage_dir: Path) -> Any:
 def fit_keras(
     model: Any,
     train_data: Any,
-    val_data: Any,
+    val_data: Any | None,
     *,
     epochs: int,
     patience: int,
     class_weight: dict[int, float] | None,
     live: Any = None,
     verbose: int = 2,
-) -> dict[str, list[float]]:
-    """Fit with early stopping on the validation loss, keeping the best epoch's weights.
+) -> int:
+    """Fit and return the number of epochs worth keeping.
 
-    Per-epoch losses and accuracies go to DVCLive, so `dvc plots` and the report draw the curves.
+    With validation data: early stopping on the validation loss, the best epoch's weights kept.
+    Without (the final refit on every labelled product): exactly `epochs` epochs, the count
+    the validated run found best. Per-epoch losses and accuracies go to DVCLive.
     """
     import keras
 
-    callbacks: list[Any] = [
-        keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=patience, restore_best_weights=True
+    callbacks: list[Any] = []
+    if val_data is not None:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=patience, restore_best_weights=True
+            )
         )
-    ]
     if live is not None:
         from dvclive.keras import DVCLiveCallback
 
@@ -74,9 +78,10 @@ def fit_keras(
         callbacks=callbacks,
         shuffle=False,  # the tf.data pipelines shuffle themselves, reproducibly
         verbose=verbose,
-    )
-    logger.info("trained %d epoch(s)", len(history.history.get("loss", [])))
-    return history.history
+    ).history
+    best = int(np.argmin(history["val_loss"])) + 1 if "val_loss" in history else epochs
+    logger.info("trained %d epoch(s), keeping %d", len(history["loss"]), best)
+    return best
 
 
 class InferenceFunction:
