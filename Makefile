@@ -16,7 +16,9 @@ setup: $(STAMP)
 $(STAMP): requirements.lock pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
-	$(BIN)/uv pip install --python $(PY) --quiet -r requirements.lock
+	# Byte-compiled once here: imports (TensorFlow's above all) then start in seconds even
+	# where PYTHONDONTWRITEBYTECODE keeps Python from caching them.
+	$(BIN)/uv pip install --python $(PY) --quiet --compile-bytecode -r requirements.lock
 	$(BIN)/uv pip install --python $(PY) --quiet --no-deps -e .
 	touch $@
 

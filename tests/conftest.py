@@ -28,6 +28,7 @@ FAST_PARAMS = {
     "train_image.head.epochs": 2,
     "train_image.batch_size": 16,
     "train_text.cnn.epochs": 2,
+    "train_fusion.folds": 2,
     "predict.timing_singles": 5,
 }
 

@@ -338,8 +338,9 @@ def fit_image_model(
     """
     import tensorflow as tf
 
-    from rakuten_classifier.training import balanced_class_weights, fit_keras
+    from rakuten_classifier.training import balanced_class_weights, fit_keras, set_seeds
 
+    set_seeds(seed)
     size, batch_size = params["image_size"], params["batch_size"]
     class_weight = None
     if params.get("class_weight") == "balanced":
@@ -399,9 +400,7 @@ def train(
     from rakuten_classifier.data import load_labels, load_split
     from rakuten_classifier.fusion import fit_temperature
     from rakuten_classifier.metrics import classification_scores
-    from rakuten_classifier.training import set_seeds
 
-    set_seeds(seed)
     n_classes = len(load_labels(processed_dir).codes)
     frames = {name: _photos(load_split(name, processed_dir), name) for name in ("train", "val")}
     cached = {
@@ -430,10 +429,7 @@ def fit_recipe(
 ) -> ImageModel:
     """The validated recipe (`spec`: its image_model.json) trained on other photos: for the
     final refit and for out-of-fold predictions, with the validated epochs and temperature."""
-    from rakuten_classifier.training import set_seeds
-
     image_params = params["train_image"]
-    set_seeds(params["seed"])
     cached = load_features(features_dir, photos) if is_pretrained(image_params) else None
     model, _ = fit_image_model(
         image_params, params["seed"], n_classes, (photos, cached), None, epochs=spec["epochs"]

@@ -10,6 +10,7 @@ import html
 import math
 import re
 import unicodedata
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -94,13 +95,11 @@ def build_tfidf(params: dict[str, Any]) -> FeatureUnion:
 
 
 def fit_vocabulary(texts: list[str], size: int) -> list[str]:
-    """The most frequent tokens of the train split, for the Keras network's TextVectorization."""
-    import keras
-
-    layer = keras.layers.TextVectorization(max_tokens=size, standardize=None, split="whitespace")
-    layer.adapt(np.asarray(texts, dtype=object))
-    # The first two entries are the padding and out-of-vocabulary tokens; the layer adds them back.
-    return [str(token) for token in layer.get_vocabulary()[2:]]
+    """The `size` most frequent whitespace tokens of the train split (ties: alphabetical), for
+    the Keras network's TextVectorization layer, which splits the same way."""
+    counts = Counter(token for text in texts for token in text.split())
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return [token for token, _ in ranked[:size]]
 
 
 def fit_tokenizers(texts: list[str], params: dict[str, Any]) -> tuple[FeatureUnion, list[str]]:
@@ -211,7 +210,11 @@ def load_text_model(model_dir: Path) -> TextModel:
 
 
 def train_linear_text(
-    tfidf: FeatureUnion, train_texts: list[str], train_y: np.ndarray, params: dict[str, Any]
+    tfidf: FeatureUnion,
+    train_texts: list[str],
+    train_y: np.ndarray,
+    params: dict[str, Any],
+    seed: int,
 ) -> LinearTextModel:
     """A linear SVM or logistic regression on the (already fitted) TF-IDF features."""
     from sklearn.linear_model import LogisticRegression
@@ -219,9 +222,13 @@ def train_linear_text(
 
     class_weight = params.get("class_weight")
     if params["classifier"] == "svm":
-        classifier = LinearSVC(C=params["C"], class_weight=class_weight, max_iter=5000)
+        classifier = LinearSVC(
+            C=params["C"], class_weight=class_weight, max_iter=5000, random_state=seed
+        )
     elif params["classifier"] == "logreg":
-        classifier = LogisticRegression(C=params["C"], class_weight=class_weight, max_iter=3000)
+        classifier = LogisticRegression(
+            C=params["C"], class_weight=class_weight, max_iter=3000, random_state=seed
+        )
     else:
         raise ValueError(f"train_text.linear.classifier: unknown '{params['classifier']}'")
     # The vectoriser was fitted on the train split by the tokenize stage: keep it as it is.
@@ -272,6 +279,7 @@ def train_cnn_text(
     val: tuple[list[str], np.ndarray] | None,
     n_classes: int,
     params: dict[str, Any],
+    seed: int,
     live: Any = None,
     epochs: int | None = None,
 ) -> tuple[KerasTextModel, int]:
@@ -279,12 +287,14 @@ def train_cnn_text(
     returns the model and the number of epochs worth keeping."""
     import tensorflow as tf
 
-    from rakuten_classifier.training import balanced_class_weights, fit_keras
+    from rakuten_classifier.training import balanced_class_weights, fit_keras, set_seeds
+
+    set_seeds(seed)
 
     def dataset(texts: list[str], y: np.ndarray, shuffle: bool) -> tf.data.Dataset:
         data = tf.data.Dataset.from_tensor_slices((np.asarray(texts, dtype=object), y))
         if shuffle:
-            data = data.shuffle(len(texts), seed=0, reshuffle_each_iteration=True)
+            data = data.shuffle(len(texts), seed=seed, reshuffle_each_iteration=True)
         return data.batch(params["batch_size"]).prefetch(tf.data.AUTOTUNE)
 
     model = build_text_cnn(vocabulary, n_classes, params)
@@ -311,6 +321,7 @@ def fit_text_model(
     train: tuple[list[str], np.ndarray],
     val: tuple[list[str], np.ndarray] | None,
     n_classes: int,
+    seed: int,
     live: Any = None,
     epochs: int | None = None,
 ) -> tuple[TextModel, int]:
@@ -318,9 +329,10 @@ def fit_text_model(
     kind = params["model"]
     tfidf, vocabulary = tokenizers
     if kind == "linear":
-        return train_linear_text(tfidf, *train, params["linear"]), 0
+        return train_linear_text(tfidf, *train, params["linear"], seed), 0
     if kind == "cnn":
-        return train_cnn_text(vocabulary, train, val, n_classes, params["cnn"], live, epochs)
+        cnn = params["cnn"]
+        return train_cnn_text(vocabulary, train, val, n_classes, cnn, seed, live, epochs)
     raise ValueError(f"train_text.model: unknown '{kind}' (linear or cnn)")
 
 
@@ -337,15 +349,13 @@ def train(
     from rakuten_classifier.data import load_labels, load_split
     from rakuten_classifier.fusion import fit_temperature
     from rakuten_classifier.metrics import classification_scores
-    from rakuten_classifier.training import set_seeds
 
-    set_seeds(seed)
     n_classes = len(load_labels(processed_dir).codes)
     train_split, val_split = load_split("train", processed_dir), load_split("val", processed_dir)
     train_data = (train_split["text"].tolist(), train_split["label"].to_numpy())
     val_data = (val_split["text"].tolist(), val_split["label"].to_numpy())
     tokenizers = (load_tfidf(tokenizer_dir), load_vocabulary(tokenizer_dir))
-    model, epochs = fit_text_model(params, tokenizers, train_data, val_data, n_classes, live)
+    model, epochs = fit_text_model(params, tokenizers, train_data, val_data, n_classes, seed, live)
     model.temperature = fit_temperature(model.logits(val_data[0]), val_data[1])
     scores = classification_scores(val_data[1], model.predict_proba(val_data[0]).argmax(axis=1))
     save_text_model(model, out_dir, {"model": params["model"], "epochs": epochs})
@@ -359,9 +369,6 @@ def fit_recipe(
     """The validated recipe (`spec`: its text_model.json) trained from scratch on other rows,
     tokenizers included: for the final refit and for out-of-fold predictions. No validation
     split is left, so the epoch count and temperature are the validated run's."""
-    from rakuten_classifier.training import set_seeds
-
-    set_seeds(params["seed"])
     texts, labels = frame["text"].tolist(), frame["label"].to_numpy()
     tokenizers = fit_tokenizers(texts, params["tokenize"])
     model, _ = fit_text_model(
@@ -370,6 +377,7 @@ def fit_recipe(
         (texts, labels),
         None,
         n_classes,
+        params["seed"],
         epochs=spec["epochs"] or None,
     )
     model.temperature = spec["temperature"]

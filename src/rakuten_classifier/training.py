@@ -11,7 +11,8 @@ from rakuten_classifier.config import logger
 
 
 def set_seeds(seed: int) -> None:
-    """Same seed, same data, same machine: same model (op determinism costs little on CPU)."""
+    """Same seed, same data, same machine: same Keras model (Python, NumPy and TensorFlow
+    seeds; op determinism costs little on CPU). Called before a Keras model is built."""
     import keras
     import tensorflow as tf
 
