@@ -1,0 +1,120 @@
+"""Text and image models on real rows of the sample: they learn, and they come back from
+disk giving exactly the same probabilities."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import SAMPLE
+
+from rakuten_classifier import config
+from rakuten_classifier.data import product_frame, read_labels, read_products
+from rakuten_classifier.image import (
+    ImageModel,
+    build_backbone,
+    build_head,
+    build_image_model,
+    load_image_model,
+    load_pixels,
+    save_image_model,
+)
+from rakuten_classifier.text import (
+    fit_text_model,
+    fit_tokenizers,
+    load_text_model,
+    save_text_model,
+)
+
+TOKENIZE = {
+    "stop_words": ["french"],
+    "word_ngram_max": 2,
+    "char_ngram_min": 2,
+    "char_ngram_max": 5,
+    "min_df": 1,
+    "word_max_features": 20000,
+    "char_max_features": 20000,
+    "vocabulary_size": 2000,
+}
+CNN = {
+    "sequence_length": 32,
+    "embedding_dim": 16,
+    "filters": 16,
+    "kernel_sizes": [2, 3],
+    "dropout": 0.2,
+    "learning_rate": 0.01,
+    "batch_size": 32,
+    "epochs": 3,
+    "patience": 2,
+    "class_weight": "balanced",
+}
+
+
+@pytest.fixture(scope="module")
+def products() -> pd.DataFrame:
+    """Four product types of the sample, all their rows, with model text and label."""
+    frame = read_products(SAMPLE / config.X_TRAIN_CSV)
+    frame["prdtypecode"] = read_labels(SAMPLE / config.Y_TRAIN_CSV, frame)
+    frame = frame[frame["prdtypecode"].isin([10, 1160, 2583, 2905])]
+    frame = product_frame(frame, SAMPLE / config.IMAGE_TRAIN_DIR)
+    codes = sorted(frame["prdtypecode"].unique())
+    frame["label"] = frame["prdtypecode"].map({c: k for k, c in enumerate(codes)})
+    return frame
+
+
+def split(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    held = frame.index % 5 == 0
+    return frame[~held], frame[held]
+
+
+@pytest.mark.parametrize("kind", ["linear", "cnn"])
+def test_text_model_learns_and_round_trips(kind: str, products, tmp_path: Path) -> None:
+    train, held = split(products)
+    tokenizers = fit_tokenizers(train["text"].tolist(), TOKENIZE)
+    params = {
+        "model": kind,
+        "linear": {"classifier": "svm", "C": 0.5, "class_weight": "balanced"},
+        "cnn": CNN,
+    }
+    model, epochs = fit_text_model(
+        params,
+        tokenizers,
+        (train["text"].tolist(), train["label"].to_numpy()),
+        (held["text"].tolist(), held["label"].to_numpy()),
+        4,
+        seed=0,
+    )
+    probabilities = model.predict_proba(held["text"].tolist())
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
+    accuracy = (probabilities.argmax(axis=1) == held["label"].to_numpy()).mean()
+    assert accuracy > 0.5  # four classes: chance is 0.25
+    assert (epochs > 0) == (kind == "cnn")
+    save_text_model(model, tmp_path, {"model": kind, "epochs": epochs})
+    again = load_text_model(tmp_path)
+    np.testing.assert_allclose(again.predict_proba(held["text"].tolist()), probabilities, rtol=1e-6)
+
+
+def test_image_model_round_trips_with_its_preprocessing(products, tmp_path: Path) -> None:
+    photos = products.assign(
+        image_path=[str(p) for p in image_paths(products, SAMPLE / config.IMAGE_TRAIN_DIR)]
+    )
+    photos = photos[[Path(p).exists() for p in photos["image_path"]]].head(8)
+    params = {"image_size": 48, "backbone": "small_cnn", "augment": {"flip": True}}
+    model = build_image_model(build_backbone("small_cnn", None, 48), build_head(4, 0.1), params)
+    image_model = ImageModel(model, 48, temperature=1.7)
+    pixels = load_pixels(photos["image_path"].tolist(), 48)
+    probabilities = image_model.predict_proba(pixels)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
+    save_image_model(image_model, tmp_path, {"backbone": "small_cnn"})
+    again = load_image_model(tmp_path)
+    assert again.image_size == 48 and again.temperature == 1.7
+    np.testing.assert_allclose(again.predict_proba(pixels), probabilities, rtol=1e-5)
+    # Inference ignores the augmentation: the same photo twice gives the same answer.
+    np.testing.assert_allclose(again.predict_proba(pixels), again.predict_proba(pixels))
+
+
+def test_unknown_backbone_is_refused_with_the_known_ones() -> None:
+    with pytest.raises(ValueError, match=r"unknown 'resnet9'.*efficientnet_lite0"):
+        build_backbone("resnet9", None, 64)
