@@ -24,7 +24,7 @@ $(STAMP): requirements.lock pyproject.toml
 
 run: setup
 	$(BIN)/dvc repro
-	$(BIN)/dvc metrics show
+	$(BIN)/rakuten-classifier metrics
 
 test: setup
 	$(BIN)/pytest

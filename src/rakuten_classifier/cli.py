@@ -49,3 +49,35 @@ def predict(
     except (BundleError, DataError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
+
+
+@app.command()
+def metrics(
+    path: Path = typer.Option(
+        config.METRICS_DIR / "test.json", help="Metrics of the predict stage."
+    ),
+) -> None:
+    """Print the held-out test metrics of each model as one table."""
+    import pandas as pd
+
+    from rakuten_classifier.files import read_json
+
+    if not path.exists():
+        typer.echo(f"error: {path} not found: run `make run` (or `dvc repro`) first", err=True)
+        raise typer.Exit(2)
+    table = pd.DataFrame(read_json(path)).T
+    columns = [
+        "n",
+        "accuracy",
+        "f1_weighted",
+        "f1_macro",
+        "ms_per_product_batch",
+        "ms_per_product_single",
+    ]
+    models = [
+        name for name in ("text", "image", "fusion", "fusion_with_photo") if name in table.index
+    ]
+    table = table.reindex(index=models, columns=columns)
+    table["n"] = table["n"].astype("Int64")
+    typer.echo(f"Held-out test split ({path}):")
+    typer.echo(table.to_string(na_rep="-", float_format=lambda value: f"{value:.4g}"))
