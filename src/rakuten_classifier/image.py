@@ -178,14 +178,15 @@ def is_pretrained(params: dict[str, Any]) -> bool:
     return params.get("weights") not in (None, "none")
 
 
-def build_head(n_classes: int, dropout: float) -> Any:
-    """Pooled backbone features in, class probabilities out (trained alone on cached features)."""
+def build_head(n_classes: int, dropout: float, l2: float = 0.0) -> Any:
+    """Pooled backbone features in, class probabilities out (trained alone on cached features).
+    With a dozen photos per class, dropout and an L2 penalty keep it from memorising them."""
     import keras
     from keras import layers
 
-    return keras.Sequential(
-        [layers.Dropout(dropout), layers.Dense(n_classes, activation="softmax")], name="head"
-    )
+    regularizer = keras.regularizers.L2(l2) if l2 else None
+    dense = layers.Dense(n_classes, activation="softmax", kernel_regularizer=regularizer)
+    return keras.Sequential([layers.Dropout(dropout), dense], name="head")
 
 
 def build_image_model(backbone: Any, head: Any, params: dict[str, Any]) -> Any:
@@ -283,25 +284,31 @@ def extract_features(params: dict[str, Any], processed_dir: Path, out_dir: Path)
     summary: dict[str, Any] = {"pretrained": is_pretrained(params)}
     with atomic_dir(out_dir) as tmp:
         if summary["pretrained"]:
-            size = params["image_size"]
-            forward = InferenceFunction(build_backbone(params["backbone"], params["weights"], size))
+            forward = InferenceFunction(
+                build_backbone(params["backbone"], params["weights"], params["image_size"])
+            )
             for name in LABELLED_SPLITS:
                 frame = _photos(load_split(name, processed_dir), name)
-                # Each photo carries its row index through the pipeline, so features stay
-                # matched to their product even if a photo fails to decode and is skipped.
-                data = image_dataset(
-                    frame["image_path"].tolist(), frame.index.to_numpy(), size, 32, False, 0
-                )
-                index, features = [], []
-                for pixels, rows in tqdm(data, desc=f"{name} features", unit="batch"):
-                    features.append(forward(pixels))
-                    index.append(rows.numpy())
-                stacked = np.concatenate(features).astype(np.float32)
-                np.savez(tmp / f"{name}.npz", index=np.concatenate(index), features=stacked)
-                summary[name] = {"photos": len(stacked), "dims": stacked.shape[1]}
+                index, features = backbone_features(forward, frame, params["image_size"], name)
+                np.savez(tmp / f"{name}.npz", index=index, features=features)
+                summary[name] = {"photos": len(features), "dims": features.shape[1]}
         write_json(tmp / FEATURES_JSON, {**summary, **{k: params[k] for k in FEATURE_PARAMS}})
     logger.info("image features: %s", summary)
     return summary
+
+
+def backbone_features(
+    forward: InferenceFunction, photos: Any, size: int, name: str = "photos"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Backbone features of the photos, streamed from disk in batches: (row index, features).
+    Each photo carries its row index through the pipeline, so features stay matched to their
+    product even if a photo fails to decode and is skipped."""
+    data = image_dataset(photos["image_path"].tolist(), photos.index.to_numpy(), size, 32, False, 0)
+    index, features = [], []
+    for pixels, rows in tqdm(data, desc=f"{name} features", unit="batch"):
+        features.append(forward(pixels))
+        index.append(rows.numpy())
+    return np.concatenate(index), np.concatenate(features).astype(np.float32)
 
 
 FEATURE_PARAMS = ("backbone", "weights", "image_size")
@@ -375,7 +382,7 @@ def fit_image_model(
 
     used: dict[str, int] = {}
     backbone = build_backbone(params["backbone"], params.get("weights"), size)
-    head = build_head(n_classes, params["head"]["dropout"])
+    head = build_head(n_classes, params["head"]["dropout"], params["head"]["l2"])
     model = build_image_model(backbone, head, params)
     if is_pretrained(params):
         fit(head, "head", as_features=True)
