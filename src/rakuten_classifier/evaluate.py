@@ -1,6 +1,6 @@
-"""The predict stage: build the bundle, evaluate it on the held-out test split, draw the plots,
-and predict the unlabelled products. Metrics come from the bundle as it is saved, loaded through
-`load_bundle`, so the figures describe exactly what the API and the batch command serve."""
+"""The predict stage: evaluate the trained parts on the held-out test split, draw the plots,
+build models/bundle and predict the unlabelled products. The parts are evaluated assembled as a
+bundle and loaded through `load_bundle`: the code path the API and the batch command serve."""
 
 from __future__ import annotations
 
@@ -80,8 +80,9 @@ def evaluate_bundle(
             [r.designation for r in batch], [r.description for r in batch], images
         )
 
+    # Fusion is timed on products with a photo (text and image both run) when there are any.
     metrics["text"].update(time_per_product(text_only, rows, batch_size, singles))
-    metrics["fusion"].update(time_per_product(fused, rows, batch_size, singles))
+    metrics["fusion"].update(time_per_product(fused, photo_rows or rows, batch_size, singles))
     if photo_rows:
         metrics["image"].update(time_per_product(image_only, photo_rows, batch_size, singles))
 
