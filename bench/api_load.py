@@ -76,7 +76,6 @@ def start_server(bundle: Path, workdir: Path) -> tuple[subprocess.Popen, str, Pa
         RAKUTEN_API_PORT=str(port),
         RAKUTEN_API_RATE_PER_MINUTE="1e9",
         RAKUTEN_API_RATE_BURST="1000000",
-        RAKUTEN_API_LOG_LEVEL="WARNING",  # one line per request would cost the server time
     )
     log = workdir / "server.log"
     with open(log, "wb") as output:

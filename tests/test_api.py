@@ -4,7 +4,9 @@ the token flow, parity with the batch command, bodies cut off while streaming, a
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import dataclasses
 import io
 import json
 import re
@@ -15,7 +17,7 @@ import struct
 import subprocess
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,12 +35,15 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
-from rakuten_classifier.bundle import MANIFEST_JSON, Bundle, load_bundle
+from rakuten_classifier.bundle import MANIFEST_JSON, Bundle, BundlePrediction, load_bundle
 from rakuten_classifier.cli import app as cli_app
 from rakuten_classifier.files import read_json, sha256_file, write_json
 from rakuten_classifier.fusion import FUSION_JSON
 from rakuten_classifier.serve import Settings, SettingsError, create_app
+from rakuten_classifier.serve.errors import ApiError
+from rakuten_classifier.serve.predictor import Predictor
 from rakuten_classifier.serve.security import hash_password
+from rakuten_classifier.serve.telemetry import Metrics
 
 SECRET = secrets.token_urlsafe(48)
 PASSWORD = "correct horse battery staple"
@@ -96,7 +101,7 @@ def png_header(width: int, height: int) -> bytes:
 @pytest.fixture(scope="module")
 def served_bundle(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The pipeline run's bundle with half the weight on the photo: on the tiny slice the
-    fusion learns to ignore photos (weight 0), and parity must hold where photos count."""
+    fusion may learn to ignore photos (weight 0), and parity must hold where photos count."""
     dest = tmp_path_factory.mktemp("served") / "bundle"
     shutil.copytree(bundle_dir, dest)
     fusion_file = dest / "fusion" / FUSION_JSON
@@ -329,6 +334,51 @@ def test_batch_over_the_limit_gets_413(client: TestClient, auth: dict[str, str])
     assert not_json.status_code == 422 and not_json.json()["error"] == "invalid_request"
 
 
+class FailingBundle(Bundle):
+    """The real bundle, failing on one product: a model error must stay with its request."""
+
+    def predict_products(
+        self,
+        designations: Sequence[str],
+        descriptions: Sequence[str | None],
+        images: Sequence[bytes | None],
+    ) -> BundlePrediction:
+        if "boom" in designations:
+            raise RuntimeError("the model failed")
+        return super().predict_products(designations, descriptions, images)
+
+
+def test_waiting_requests_share_a_model_call_and_a_failure_stays_with_its_own(
+    api_bundle: Bundle,
+) -> None:
+    bundle = FailingBundle(
+        **{f.name: getattr(api_bundle, f.name) for f in dataclasses.fields(Bundle)}
+    )
+    metrics = Metrics()
+    titles = ["Chaise de jardin", "Figurine", "boom", "Tente pliante"]
+
+    async def predict_together() -> list[object]:
+        predictor = Predictor(bundle, metrics, max_pending=100)
+        await predictor.start()
+        try:  # queued before the worker first runs: they wait together
+            requests = [predictor.predict([title], [""], [None]) for title in titles]
+            return await asyncio.gather(*requests, return_exceptions=True)
+        finally:
+            await predictor.stop()
+
+    answers = asyncio.run(predict_together())
+    assert isinstance(answers[2], ApiError) and answers[2].status == 500
+    for title, answer in zip(titles, answers, strict=True):
+        if title != "boom":
+            prediction, row = answer
+            alone = api_bundle.predict_products([title], [""], [None]).probabilities[0]
+            assert prediction.probabilities[row] == pytest.approx(alone, abs=1e-9)
+    # One call for the four, which failed, then one call per request.
+    calls = metrics.registry.get_sample_value("rakuten_api_model_batch_products_count")
+    products = metrics.registry.get_sample_value("rakuten_api_model_batch_products_sum")
+    assert (calls, products) == (5, 8)
+
+
 # --- metrics and settings ------------------------------------------------------------------
 
 
@@ -456,6 +506,11 @@ def server(tmp_path_factory: pytest.TempPathFactory, served_bundle: Path) -> Ite
     process.wait(timeout=60)
 
 
+def login_real(server: Server) -> dict[str, str]:
+    with httpx2.Client(base_url=server.url, timeout=60) as http:
+        return login(http)
+
+
 def test_real_server_serves_token_holders(server: Server, photo: bytes) -> None:
     with httpx2.Client(base_url=server.url, timeout=60) as http:
         assert http.get("/status").json()["status"] == "up"
@@ -489,6 +544,7 @@ def test_api_and_batch_command_give_the_same_answers(
     ]
     has_photo = products["photo"].map(Path.exists)
     chosen = pd.concat([products[has_photo].head(6), products[~has_photo].head(6)])
+    photo_rows = [True] * 6 + [False] * 6
     chosen.drop(columns="photo").to_csv(tmp_path / "products.csv")
     run(
         [
@@ -533,17 +589,12 @@ def test_api_and_batch_command_give_the_same_answers(
         probabilities = [a["probability"] for a in answers]
         assert probabilities == pytest.approx(expected["probability"].tolist(), abs=1e-6)
         used = [a["modalities"] == ["text", "image"] for a in answers]
-        assert used == has_photo[chosen.index].tolist()
+        assert used == photo_rows
     # The photos weigh in: the same products without them get other probabilities.
     changed = [
         abs(a["probability"] - b["probability"]) for a, b in zip(batch, text_only, strict=True)
     ]
-    assert [change > 1e-6 for change in changed] == has_photo[chosen.index].tolist()
-
-
-def login_real(server: Server) -> dict[str, str]:
-    with httpx2.Client(base_url=server.url, timeout=60) as http:
-        return login(http)
+    assert [change > 1e-6 for change in changed] == photo_rows
 
 
 def _raw_response(sock: socket.socket) -> tuple[int, dict[str, object]]:

@@ -53,15 +53,17 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str | None = None) -> None:
-    """The package's logger and uvicorn's write JSON lines to stderr."""
+    """The package's logger and uvicorn's write JSON lines to stderr. Uvicorn's access log is
+    silenced: RequestContext logs every request, with its id."""
     config.setup_logging(level)
     formatter = JsonFormatter()
     for handler in logger.handlers:
         handler.setFormatter(formatter)
-    server_logger = logging.getLogger("uvicorn")
-    server_logger.handlers = list(logger.handlers)
-    server_logger.setLevel(logger.level)
-    server_logger.propagate = False
+    for name, name_level in (("uvicorn", logger.level), ("uvicorn.access", logging.WARNING)):
+        server_logger = logging.getLogger(name)
+        server_logger.handlers = list(logger.handlers)
+        server_logger.setLevel(name_level)
+        server_logger.propagate = False
 
 
 class Metrics:
