@@ -416,9 +416,10 @@ def test_metrics_count_requests_predictions_and_errors(
         ({"secret": "too-short-a-secret"}, "at least 32 bytes"),
         ({"users": ""}, "RAKUTEN_API_USERS_FILE"),
         ({"users": "alice"}, "RAKUTEN_API_USERS entry 1: expected username:bcrypt_hash"),
+        ({"users": f"ali ce:{HASH}"}, "RAKUTEN_API_USERS entry 1: expected username:bcrypt_hash"),
         ({"users": "", "users_file": "nowhere.txt"}, "nowhere.txt not found"),
     ],
-    ids=["no-secret", "short-secret", "no-user", "bad-user", "no-users-file"],
+    ids=["no-secret", "short-secret", "no-user", "no-hash", "bad-name", "no-users-file"],
 )
 def test_app_refuses_to_start_with_bad_settings(
     api_bundle: Bundle, overrides: dict[str, object], names: str
@@ -442,6 +443,8 @@ def test_hash_password_prints_a_line_for_the_users_file() -> None:
     user, hashed = result.stdout.strip().splitlines()[-1].split(":", 1)
     assert user == "bob" and bcrypt.checkpw(b"s3cret", hashed.encode())
     assert "s3cret" not in result.stdout
+    refused = CliRunner().invoke(cli_app, ["hash-password", "--user", "a:b"], input="x\nx\n")
+    assert refused.exit_code == 2 and "username" in refused.stderr
 
 
 # --- a real server -------------------------------------------------------------------------

@@ -61,7 +61,11 @@ def hash_password(
     """Make the bcrypt hash of an API user's password (asked twice, never echoed). Only the
     hash goes to standard output, so `... --user alice >> api_users.txt` adds a user."""
     from rakuten_classifier.serve.security import hash_password as make_hash
+    from rakuten_classifier.serve.settings import USERNAME
 
+    if user is not None and not USERNAME.match(user):
+        typer.echo("error: a username is 1 to 64 letters, digits or ._@-", err=True)
+        raise typer.Exit(2)
     password = typer.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
     try:
         hashed = make_hash(password, rounds)

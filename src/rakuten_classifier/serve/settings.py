@@ -21,6 +21,8 @@ from rakuten_classifier.image import MAX_PIXELS
 ENV_PREFIX = "RAKUTEN_API_"
 MIN_SECRET_BYTES = 32
 BCRYPT_HASH = re.compile(r"^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$")
+# Plain names: no ':' or ',' (the separators of the users setting), nothing to escape in logs.
+USERNAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 MAKE_SECRET = "python3 -c 'import secrets; print(secrets.token_urlsafe(48))'"
 MAKE_HASH = "rakuten-classifier hash-password --user NAME"
 
@@ -89,7 +91,7 @@ class Settings(BaseSettings):
         users: dict[str, bytes] = {}
         for where, entry in entries:
             name, _, hashed = entry.strip().partition(":")
-            if not name or not BCRYPT_HASH.match(hashed):
+            if not USERNAME.match(name) or not BCRYPT_HASH.match(hashed):
                 raise SettingsError(
                     f"{where}: expected username:bcrypt_hash (make one with `{MAKE_HASH}`)"
                 )
