@@ -37,3 +37,15 @@ lint: setup
 lock: setup
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 -o requirements.lock
+
+.PHONY: serve bench-api
+# The prediction API on RAKUTEN_API_HOST:RAKUTEN_API_PORT (default 127.0.0.1:8000), serving
+# RAKUTEN_API_BUNDLE (default models/bundle, built by `make run`); settings from .env
+# (see .env.example and docs/api.md).
+serve: setup
+	$(BIN)/rakuten-classifier serve
+
+# Load test of the API on loopback: a server of its own on a free port, concurrent clients,
+# latency percentiles and throughput. E.g. BENCH_API_ARGS="--clients 16 --duration 30".
+bench-api: setup
+	$(PY) bench/api_load.py $(BENCH_API_ARGS)

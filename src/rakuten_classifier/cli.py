@@ -81,3 +81,53 @@ def metrics(
     table["n"] = table["n"].astype("Int64")
     typer.echo(f"Held-out test split ({path}):")
     typer.echo(table.to_string(na_rep="-", float_format=lambda value: f"{value:.4g}"))
+
+
+@app.command("hash-password")
+def hash_password(
+    user: str = typer.Option(
+        None, help="Print USER:HASH, a line for RAKUTEN_API_USERS_FILE (or RAKUTEN_API_USERS)."
+    ),
+    rounds: int = typer.Option(12, min=4, max=16, help="bcrypt cost: 2^rounds iterations."),
+) -> None:
+    """Make the bcrypt hash of an API user's password (asked twice, never echoed). Only the
+    hash goes to standard output, so `... --user alice >> api_users.txt` adds a user."""
+    from rakuten_classifier.serve.security import hash_password as make_hash
+    from rakuten_classifier.serve.settings import USERNAME
+
+    if user is not None and not USERNAME.match(user):
+        typer.echo("error: a username is 1 to 64 letters, digits or ._@-", err=True)
+        raise typer.Exit(2)
+    password = typer.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
+    try:
+        hashed = make_hash(password, rounds)
+    except ValueError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
+    typer.echo(f"{user}:{hashed}" if user else hashed)
+
+
+@app.command()
+def serve(
+    host: str = typer.Option(None, help="Address to listen on [RAKUTEN_API_HOST: 127.0.0.1]."),
+    port: int = typer.Option(None, help="Port [RAKUTEN_API_PORT: 8000]."),
+    bundle: Path = typer.Option(None, help="Model bundle [RAKUTEN_API_BUNDLE: models/bundle]."),
+) -> None:
+    """Serve the prediction API with uvicorn. Settings come from the environment or .env
+    (RAKUTEN_API_*, see .env.example and docs/api.md); the options override them."""
+    import uvicorn
+
+    from rakuten_classifier.bundle import BundleError
+    from rakuten_classifier.serve import SettingsError, create_app, load_settings
+
+    try:
+        settings = load_settings(host=host, port=port, bundle=bundle)
+        application = create_app(settings)
+    except (SettingsError, BundleError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
+    # Logging is the app's (JSON lines, one per request): uvicorn's own access log would
+    # repeat each request without its id.
+    uvicorn.run(
+        application, host=settings.host, port=settings.port, log_config=None, access_log=False
+    )

@@ -1,0 +1,118 @@
+"""The API's settings: environment variables named RAKUTEN_API_<FIELD>, or the same names in a
+`.env` file in the working directory, over the defaults below.
+
+The server never reads params.yaml: a deployment has its bundle and its settings, nothing else.
+The input limits are listed under `serve:` in params.yaml too, for reference (a test keeps both
+equal).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from rakuten_classifier import config
+from rakuten_classifier.image import MAX_PIXELS
+
+ENV_PREFIX = "RAKUTEN_API_"
+MIN_SECRET_BYTES = 32
+BCRYPT_HASH = re.compile(r"^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$")
+# Plain names: no ':' or ',' (the separators of the users setting), nothing to escape in logs.
+USERNAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
+MAKE_SECRET = "python3 -c 'import secrets; print(secrets.token_urlsafe(48))'"
+MAKE_HASH = "rakuten-classifier hash-password --user NAME"
+
+
+class SettingsError(ValueError):
+    """Settings that keep the API from starting; the message names the variable and the fix."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore")
+
+    secret: SecretStr | None = Field(None, description="JWT signing secret, >= 32 bytes")
+    users: str = Field("", description="username:bcrypt_hash pairs, separated by commas")
+    users_file: Path | None = Field(None, description="file of username:bcrypt_hash lines")
+    bundle: Path = config.BUNDLE_DIR
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    token_minutes: float = Field(30, gt=0)
+    max_upload_bytes: int = Field(5_000_000, gt=0)
+    # Pillow's own decoder limit stays the outer bound (the bundle decodes with it).
+    max_pixels: int = Field(25_000_000, gt=0, le=MAX_PIXELS)
+    max_text_chars: int = Field(20_000, gt=0)
+    batch_max: int = Field(64, gt=0)
+    max_batch_bytes: int = Field(64_000_000, gt=0)
+    rate_per_minute: float = Field(600, gt=0)
+    rate_burst: int = Field(60, ge=1)
+    # Products waiting for the model beyond which requests get 503 instead of queueing forever.
+    max_pending: int = Field(1024, ge=1)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] | None = None
+
+    def signing_secret(self) -> bytes:
+        """The JWT secret, or a SettingsError that says how to make one (never what it was)."""
+        value = self.secret.get_secret_value().encode() if self.secret else b""
+        if not value:
+            raise SettingsError(
+                f"{ENV_PREFIX}SECRET is not set: the API signs its tokens with it. "
+                f"Put a random value of at least {MIN_SECRET_BYTES} bytes in .env, e.g. "
+                f'echo "{ENV_PREFIX}SECRET=$({MAKE_SECRET})" >> .env'
+            )
+        if len(value) < MIN_SECRET_BYTES:
+            raise SettingsError(
+                f"{ENV_PREFIX}SECRET is {len(value)} bytes long; it must be at least "
+                f"{MIN_SECRET_BYTES} bytes. Make one with: {MAKE_SECRET}"
+            )
+        return value
+
+    def load_users(self) -> dict[str, bytes]:
+        """Username -> bcrypt hash, from RAKUTEN_API_USERS and RAKUTEN_API_USERS_FILE."""
+        entries = [
+            (f"{ENV_PREFIX}USERS entry {number}", entry)
+            for number, entry in enumerate(self.users.split(","), 1)
+            if entry.strip()
+        ]
+        if self.users_file is not None:
+            if not self.users_file.is_file():
+                raise SettingsError(
+                    f"{ENV_PREFIX}USERS_FILE: {self.users_file} not found; add a user to it "
+                    f"with `{MAKE_HASH} >> {self.users_file}`"
+                )
+            lines = self.users_file.read_text(encoding="utf-8").splitlines()
+            entries += [
+                (f"{self.users_file} line {number}", line)
+                for number, line in enumerate(lines, 1)
+                if line.strip() and not line.lstrip().startswith("#")
+            ]
+        users: dict[str, bytes] = {}
+        for where, entry in entries:
+            name, _, hashed = entry.strip().partition(":")
+            if not USERNAME.match(name) or not BCRYPT_HASH.match(hashed):
+                raise SettingsError(
+                    f"{where}: expected username:bcrypt_hash (make one with `{MAKE_HASH}`)"
+                )
+            if name in users:
+                raise SettingsError(f"{where}: user '{name}' is defined twice")
+            users[name] = hashed.encode()
+        if not users:
+            raise SettingsError(
+                f"no API user: set {ENV_PREFIX}USERS_FILE (lines from `{MAKE_HASH}`) "
+                f"or {ENV_PREFIX}USERS in .env"
+            )
+        return users
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment and .env; `overrides` (not None) take precedence. Invalid
+    values are reported by variable name, without their value (one of them is a secret)."""
+    try:
+        return Settings(**{key: value for key, value in overrides.items() if value is not None})
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{ENV_PREFIX}{str(item['loc'][0]).upper()}: {item['msg']}" for item in error.errors()
+        )
+        raise SettingsError(f"invalid API settings: {problems}") from None
