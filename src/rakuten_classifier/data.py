@@ -155,11 +155,19 @@ def _image_problem(path: Path) -> str | None:
     return None
 
 
-def check_images(paths: list[Path], workers: int = 4) -> list[str | None]:
+def check_images(paths: list[Path], workers: int = 4, chunk: int = 1024) -> list[str | None]:
     """For each photo, None if usable, else why not (missing, unknown format, too large...)."""
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        iterator = pool.map(_image_problem, paths, chunksize=64)
-        return list(tqdm(iterator, total=len(paths), desc="checking photos", unit="photo"))
+    problems: list[str | None] = []
+    with (
+        ThreadPoolExecutor(max_workers=workers) as pool,
+        tqdm(total=len(paths), desc="checking photos", unit="photo") as bar,
+    ):
+        # A chunk at a time: Executor.map submits every task at once, and ~99k pending
+        # futures alone hold 160 MB.
+        for start in range(0, len(paths), chunk):
+            problems.extend(pool.map(_image_problem, paths[start : start + chunk]))
+            bar.update(min(chunk, len(paths) - start))
+    return problems
 
 
 # --- the import_raw stage -------------------------------------------------------------------

@@ -10,6 +10,7 @@ import contextlib
 import functools
 import io
 import os
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -56,8 +57,12 @@ def split_archive_path(location: str | os.PathLike[str]) -> tuple[Path, str] | N
 @functools.lru_cache(maxsize=4)
 def _open_archive(path: Path, mtime_ns: int, size: int) -> zipfile.ZipFile:
     # One open archive per version of the file, shared by the decoding threads (reading
-    # members concurrently is safe): its directory of ~99k entries is parsed once.
+    # members concurrently is safe): its directory of ~99k entries (60 MB) is parsed once.
     return zipfile.ZipFile(path)
+
+
+# Threads starting together would each parse the archive before the cache holds it.
+_ARCHIVE_LOCK = threading.Lock()
 
 
 def read_photo(location: str | os.PathLike[str], missing_ok: bool = False) -> bytes | None:
@@ -71,8 +76,10 @@ def read_photo(location: str | os.PathLike[str], missing_ok: bool = False) -> by
         else:
             archive, member = inside
             stat = archive.stat()
+            with _ARCHIVE_LOCK:
+                opened = _open_archive(archive, stat.st_mtime_ns, stat.st_size)
             with contextlib.suppress(KeyError):
-                return _open_archive(archive, stat.st_mtime_ns, stat.st_size).read(member)
+                return opened.read(member)
     except (zipfile.BadZipFile, EOFError) as error:
         raise ImageError("corrupt", f"{location}: unreadable in its archive ({error})") from error
     if missing_ok:
@@ -349,13 +356,18 @@ def extract_features(params: dict[str, Any], processed_dir: Path, out_dir: Path)
                 data = image_dataset(
                     frame["image_path"].tolist(), frame.index.to_numpy(), size, 32, False, 0
                 )
-                index, features = [], []
+                # Filled in place: one copy of the features in memory (the full data's train
+                # split holds 59k x 1280 floats, 300 MB), photos streamed by tf.data.
+                index = np.empty(len(frame), dtype=np.int64)
+                features = np.empty((len(frame), forward.model.output_shape[-1]), np.float32)
+                done = 0
                 for pixels, rows in tqdm(data, desc=f"{name} features", unit="batch"):
-                    features.append(forward(pixels))
-                    index.append(rows.numpy())
-                stacked = np.concatenate(features).astype(np.float32)
-                np.savez(tmp / f"{name}.npz", index=np.concatenate(index), features=stacked)
-                summary[name] = {"photos": len(stacked), "dims": stacked.shape[1]}
+                    batch = forward(pixels)
+                    features[done : done + len(batch)] = batch
+                    index[done : done + len(batch)] = rows.numpy()
+                    done += len(batch)
+                np.savez(tmp / f"{name}.npz", index=index[:done], features=features[:done])
+                summary[name] = {"photos": done, "dims": features.shape[1]}
         write_json(tmp / FEATURES_JSON, {**summary, **{k: params[k] for k in FEATURE_PARAMS}})
     logger.info("image features: %s", summary)
     return summary
@@ -365,15 +377,25 @@ FEATURE_PARAMS = ("backbone", "weights", "image_size")
 
 
 def load_features(features_dir: Path, photos: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Cached features and labels of the given photo rows, in their order (any split)."""
-    parts = [np.load(path) for path in sorted(Path(features_dir).glob("*.npz"))]
-    index = np.concatenate([part["index"] for part in parts])
-    features = np.concatenate([part["features"] for part in parts])
-    position = pd.Series(np.arange(len(index)), index=index)
-    missing = photos.index.difference(position.index)
-    if len(missing):
-        raise ValueError(f"{features_dir}: no cached features for rows {list(missing[:5])}")
-    return features[position.loc[photos.index].to_numpy()], photos["label"].to_numpy()
+    """Cached features and labels of the given photo rows, in their order (any split).
+    One split's file at a time: memory holds it and the rows asked for, never every split."""
+    position = pd.Series(np.arange(len(photos)), index=photos.index)
+    found = np.zeros(len(photos), dtype=bool)
+    selected = np.zeros((len(photos), 0), dtype=np.float32)
+    for path in sorted(Path(features_dir).glob("*.npz")):
+        with np.load(path) as part:
+            index = part["index"]
+            keep = np.isin(index, photos.index)
+            if keep.any():
+                features = part["features"]
+                if not found.any():
+                    selected = np.zeros((len(photos), features.shape[1]), dtype=np.float32)
+                rows = position.loc[index[keep]].to_numpy()
+                selected[rows], found[rows] = features[keep], True
+    if not found.all():
+        missing = list(photos.index[~found][:5])
+        raise ValueError(f"{features_dir}: no cached features for rows {missing}")
+    return selected, photos["label"].to_numpy()
 
 
 def fit_image_model(
