@@ -191,6 +191,7 @@ def test_full_data_run_without_network_fails_with_what_to_do(tmp_path: Path) -> 
     assert f"Could not download {base_url}X_train_update.csv" in output
     assert "connection failed" in output and "data.hf_base_url" in output
     assert "download the file manually" in output
+    assert "Traceback" not in output  # the message alone, not buried under a stack trace
     assert "Running stage 'make_dataset'" not in output
     assert not (root / "data" / "raw").exists()
     leftovers = [path.name for path in (root / "data").iterdir() if path.name.startswith(".")]
