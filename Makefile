@@ -9,7 +9,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export KERAS_BACKEND := tensorflow
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup run test lint lock
+.PHONY: setup run test lint lock bench-memory bench-dvc
 setup: $(STAMP)
 
 # The virtual environment is rebuilt only when the lock file or the project metadata change.
@@ -37,3 +37,14 @@ lint: setup
 lock: setup
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 -o requirements.lock
+
+# Peak memory of import_raw, make_dataset and the photo pipeline on a synthetic copy of the
+# full data set's size (ROWS labelled products; PHOTOS: labelled photos per image run).
+ROWS ?= 84916
+PHOTOS ?= --photos 1000 --photos 3000
+bench-memory: setup
+	$(PY) bench/memory.py --rows $(ROWS) $(PHOTOS)
+
+# DVC with the full data set's photo count: one images.zip versus a folder of ~99k files.
+bench-dvc: setup
+	$(PY) bench/dvc_tracking.py --rows $(ROWS)
