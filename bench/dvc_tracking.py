@@ -17,11 +17,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 import typer
 from synthetic import FULL_TEST_ROWS, FULL_TRAIN_ROWS, build_synthetic_copy
+
+from rakuten_classifier import config
+from rakuten_classifier.data import archive_photos
 
 STAGE = "stages:\n  import_raw:\n    cmd: python -c 'pass'\n    outs:\n      - data/raw\n"
 CREDENTIALS = {
@@ -60,10 +62,8 @@ def link_tree(source: Path, dest: Path, limit: int | None = None) -> None:
 
 
 def archive_images(raw: Path) -> None:
-    """images/ replaced by images.zip (stored: JPEGs do not compress)."""
-    with zipfile.ZipFile(raw / "images.zip", "w", zipfile.ZIP_STORED) as archive:
-        for path in sorted((raw / "images").rglob("*.jpg")):
-            archive.write(path, path.relative_to(raw).as_posix())
+    """images/ replaced by images.zip, as import_raw writes it."""
+    archive_photos(raw / "images", raw / config.IMAGES_ZIP)
     shutil.rmtree(raw / "images")
 
 
@@ -148,7 +148,8 @@ def main(
             small = make_repo(work / f"{layout}-push", source, layout, push_rows, env)
             files = count_files(small / "data/raw")
             for name, seconds in measure_transfer(small, env, endpoint).items():
-                print(f"  {name} ({files} files){'':10s} {seconds:7.1f} s", flush=True)
+                label = f"{name} ({files} files)"
+                print(f"  {label:32s} {seconds:7.1f} s", flush=True)
     finally:
         server.stop()
         if work_dir is None:
