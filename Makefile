@@ -9,7 +9,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export KERAS_BACKEND := tensorflow
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup run test lint lock
+.PHONY: setup run test lint lock bench-memory bench-dvc
 setup: $(STAMP)
 
 # The virtual environment is rebuilt only when the lock file or the project metadata change.
@@ -49,3 +49,15 @@ serve: setup
 # latency percentiles and throughput. E.g. BENCH_API_ARGS="--clients 16 --duration 30".
 bench-api: setup
 	$(PY) bench/api_load.py $(BENCH_API_ARGS)
+
+.PHONY: bench-memory bench-dvc
+# Peak memory of import_raw, make_dataset and the photo pipeline on a synthetic copy of the
+# full data set's size (ROWS labelled products; PHOTOS: labelled photos per image run).
+ROWS ?= 84916
+PHOTOS ?= --photos 1000 --photos 3000
+bench-memory: setup
+	$(PY) bench/memory.py --rows $(ROWS) $(PHOTOS)
+
+# DVC with the full data set's photo count: one images.zip versus a folder of ~99k files.
+bench-dvc: setup
+	$(PY) bench/dvc_tracking.py --rows $(ROWS)

@@ -5,11 +5,17 @@ from pathlib import Path
 import typer
 
 from rakuten_classifier import config, data
+from rakuten_classifier.download import ArchiveError, DownloadError
 
 
 def main(params_file: Path = config.PARAMS_FILE, out_dir: Path = config.RAW_DIR) -> None:
     config.setup_logging()
-    data.import_raw(config.load_params("data", params_file), out_dir)
+    try:
+        data.import_raw(config.load_params("data", params_file), out_dir)
+    except (DownloadError, ArchiveError, data.DataError) as error:
+        # The message says what failed and what to do; a traceback would bury it.
+        config.logger.error("%s", error)
+        raise typer.Exit(1) from error
 
 
 if __name__ == "__main__":

@@ -39,12 +39,22 @@ def command_env() -> dict[str, str]:
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env.setdefault("KERAS_BACKEND", "tensorflow")
+    # DVC's usage statistics would be sent over the network.
+    env.setdefault("DVC_NO_ANALYTICS", "1")
     return env
 
 
-def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+def run(
+    args: list[str], cwd: Path, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run a command as a user would; `env` adds variables (credentials, say) for this call."""
     result = subprocess.run(
-        args, cwd=cwd, env=command_env(), capture_output=True, text=True, timeout=900
+        args,
+        cwd=cwd,
+        env={**command_env(), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     if check and result.returncode != 0:
         raise AssertionError(

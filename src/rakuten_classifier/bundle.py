@@ -28,7 +28,7 @@ from rakuten_classifier.config import logger
 from rakuten_classifier.data import LabelMap, image_paths, read_products, write_predictions_csv
 from rakuten_classifier.files import read_json, sha256_file, write_json
 from rakuten_classifier.fusion import Fusion
-from rakuten_classifier.image import ImageError, ImageModel, load_image_model
+from rakuten_classifier.image import ImageError, ImageModel, load_image_model, read_photo
 from rakuten_classifier.text import TextModel, load_text_model, product_text
 
 FORMAT_VERSION = 1
@@ -204,8 +204,7 @@ def predict_frame(
         for first in range(0, len(products), batch_size):
             chunk = products.iloc[first : first + batch_size]
             images = [
-                Path(path).read_bytes() if path and Path(path).is_file() else None
-                for path in chunk["image_path"]
+                read_photo(path, missing_ok=True) if path else None for path in chunk["image_path"]
             ]
             parts.append(
                 bundle.predict_products(

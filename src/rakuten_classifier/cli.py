@@ -29,7 +29,9 @@ def predict(
         help="Products CSV in the challenge layout (,designation,description,productid,imageid).",
     ),
     image_dir: Path = typer.Option(
-        ..., help="Folder of the photos, image_<imageid>_product_<productid>.jpg."
+        ...,
+        help="Folder of the photos, image_<imageid>_product_<productid>.jpg, or a folder "
+        "inside a zip archive (data/raw/images.zip/image_test).",
     ),
     bundle: Path = typer.Option(config.BUNDLE_DIR, help="Model bundle built by the pipeline."),
     out: Path = typer.Option(..., help="Where to write index,prdtypecode,probability."),
@@ -39,8 +41,9 @@ def predict(
     classified from their text."""
     from rakuten_classifier.bundle import BundleError, load_bundle, predict_csv
     from rakuten_classifier.data import DataError
+    from rakuten_classifier.image import split_archive_path
 
-    if not image_dir.is_dir():
+    if not image_dir.is_dir() and split_archive_path(image_dir) is None:
         config.logger.warning(
             "%s is not a folder: every product is classified from its text", image_dir
         )

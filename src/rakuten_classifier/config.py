@@ -44,6 +44,9 @@ Y_TRAIN_CSV = "Y_train_CVw08PX.csv"
 X_TEST_CSV = "X_test_update.csv"
 IMAGE_TRAIN_DIR = Path("images") / "image_train"
 IMAGE_TEST_DIR = Path("images") / "image_test"
+# data/raw keeps the photos in one archive (image_train/..., image_test/...): DVC handles one
+# file instead of ~99k (docs/data-and-remote.md); photos are read as paths through it.
+IMAGES_ZIP = "images.zip"
 CATEGORIES_CSV = "categories.csv"
 CLASS_COUNTS_CSV = "class_counts_full_train.csv"
 

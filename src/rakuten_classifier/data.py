@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from tqdm import tqdm
 from rakuten_classifier import config
 from rakuten_classifier.config import logger
 from rakuten_classifier.files import atomic_dir, atomic_path, read_json, write_json
-from rakuten_classifier.image import ImageError, inspect_image
+from rakuten_classifier.image import ImageError, inspect_image, read_photo
 from rakuten_classifier.text import product_text
 
 X_COLUMNS = ("designation", "description", "productid", "imageid")
@@ -144,20 +145,29 @@ def image_paths(products: pd.DataFrame, image_dir: Path) -> list[Path]:
 
 
 def _image_problem(path: Path) -> str | None:
-    if not path.exists():
-        return "missing"
     try:
-        inspect_image(path.read_bytes())
+        data = read_photo(path, missing_ok=True)
+        if data is None:
+            return "missing"
+        inspect_image(data)
     except ImageError as error:
         return str(error)
     return None
 
 
-def check_images(paths: list[Path], workers: int = 4) -> list[str | None]:
+def check_images(paths: list[Path], workers: int = 4, chunk: int = 1024) -> list[str | None]:
     """For each photo, None if usable, else why not (missing, unknown format, too large...)."""
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        iterator = pool.map(_image_problem, paths, chunksize=64)
-        return list(tqdm(iterator, total=len(paths), desc="checking photos", unit="photo"))
+    problems: list[str | None] = []
+    with (
+        ThreadPoolExecutor(max_workers=workers) as pool,
+        tqdm(total=len(paths), desc="checking photos", unit="photo") as bar,
+    ):
+        # A chunk at a time: Executor.map submits every task at once, and ~99k pending
+        # futures alone hold 160 MB.
+        for start in range(0, len(paths), chunk):
+            problems.extend(pool.map(_image_problem, paths[start : start + chunk]))
+            bar.update(min(chunk, len(paths) - start))
+    return problems
 
 
 # --- the import_raw stage -------------------------------------------------------------------
@@ -166,8 +176,30 @@ CHALLENGE_FILES = (config.X_TRAIN_CSV, config.Y_TRAIN_CSV, config.X_TEST_CSV)
 METADATA_FILES = (config.CATEGORIES_CSV, config.CLASS_COUNTS_CSV)
 
 
+# Fixed member dates: the same photos always give the same archive, byte for byte.
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+
+
+def archive_photos(images_dir: Path, dest: Path) -> int:
+    """The photos of `images_dir/image_train` and `images_dir/image_test` as one zip archive
+    (`image_train/<name>`, `image_test/<name>`), stored uncompressed: JPEGs do not compress,
+    and reading a member then costs a seek. Returns the number of photos."""
+    count = 0
+    with zipfile.ZipFile(dest, "w", zipfile.ZIP_STORED) as archive:
+        for split in (config.IMAGE_TRAIN_DIR.name, config.IMAGE_TEST_DIR.name):
+            folder = Path(images_dir) / split
+            for path in sorted(folder.iterdir()) if folder.is_dir() else ():
+                if path.is_file():
+                    info = zipfile.ZipInfo(f"{split}/{path.name}", date_time=_ZIP_DATE)
+                    info.external_attr = 0o644 << 16
+                    with path.open("rb") as source, archive.open(info, "w") as target:
+                        shutil.copyfileobj(source, target, 1 << 20)
+                    count += 1
+    return count
+
+
 def import_sample(sample_dir: Path, out_dir: Path) -> Path:
-    """Copy the embedded sample into `out_dir` in the challenge layout (all or nothing)."""
+    """The embedded sample into `out_dir`: its CSVs, and its photos as images.zip."""
     sample_dir = Path(sample_dir)
     for name in CHALLENGE_FILES:
         if not (sample_dir / name).exists():
@@ -176,12 +208,7 @@ def import_sample(sample_dir: Path, out_dir: Path) -> Path:
         for name in CHALLENGE_FILES + METADATA_FILES:
             if (sample_dir / name).exists():
                 shutil.copy2(sample_dir / name, tmp / name)
-        for images in (config.IMAGE_TRAIN_DIR, config.IMAGE_TEST_DIR):
-            source = sample_dir / images
-            if source.exists():
-                shutil.copytree(source, tmp / images)
-            else:
-                (tmp / images).mkdir(parents=True)
+        archive_photos(sample_dir / config.IMAGE_TRAIN_DIR.parent, tmp / config.IMAGES_ZIP)
     logger.info("imported the sample from %s into %s", sample_dir, out_dir)
     return Path(out_dir)
 
@@ -269,14 +296,15 @@ def make_dataset(raw_dir: Path, out_dir: Path, params: dict[str, Any], seed: int
     products = read_products(raw_dir / config.X_TRAIN_CSV)
     products[TARGET] = read_labels(raw_dir / config.Y_TRAIN_CSV, products)
     products = subsample(products, params.get("max_rows"), seed)
-    labelled = product_frame(products, raw_dir / config.IMAGE_TRAIN_DIR)
+    photos = raw_dir / config.IMAGES_ZIP
+    labelled = product_frame(products, photos / config.IMAGE_TRAIN_DIR.name)
 
     codes = tuple(sorted(int(code) for code in labelled[TARGET].unique()))
     labels = LabelMap(codes, category_names(raw_dir / config.CATEGORIES_CSV))
     labelled["label"] = labels.index(labelled[TARGET])
     splits = stratified_split(labelled, params["val_size"], params["test_size"], seed)
     splits[config.UNLABELLED] = product_frame(
-        read_products(raw_dir / config.X_TEST_CSV), raw_dir / config.IMAGE_TEST_DIR
+        read_products(raw_dir / config.X_TEST_CSV), photos / config.IMAGE_TEST_DIR.name
     )
 
     summary: dict[str, Any] = {"classes": len(codes)}
@@ -320,6 +348,10 @@ def import_raw(params: dict[str, Any], out_dir: Path = config.RAW_DIR) -> Path:
                 config.DOWNLOAD_CACHE_DIR,
                 checksums=params.get("checksums") or None,
             )
+            # The extracted photos, checked and laid out, repacked as one file for DVC.
+            photos = archive_photos(tmp / config.IMAGE_TRAIN_DIR.parent, tmp / config.IMAGES_ZIP)
+            shutil.rmtree(tmp / config.IMAGE_TRAIN_DIR.parent)
+            logger.info("%d photos archived in %s", photos, config.IMAGES_ZIP)
             # Project metadata (category names, full class counts) is not part of the download.
             for name in METADATA_FILES:
                 if (Path(params["sample_dir"]) / name).exists():

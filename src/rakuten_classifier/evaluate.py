@@ -69,13 +69,11 @@ def evaluate_bundle(
         )
 
     def image_only(batch: Sequence[Any]) -> Any:
-        pixels = np.stack([bundle.image.decode(Path(r.image_path).read_bytes()) for r in batch])
+        pixels = np.stack([bundle.image.decode(image.read_photo(r.image_path)) for r in batch])
         return bundle.image.predict_proba(pixels)
 
     def fused(batch: Sequence[Any]) -> Any:
-        images = [
-            Path(r.image_path).read_bytes() if Path(r.image_path).is_file() else None for r in batch
-        ]
+        images = [image.read_photo(r.image_path, missing_ok=True) for r in batch]
         return bundle.predict_products(
             [r.designation for r in batch], [r.description for r in batch], images
         )

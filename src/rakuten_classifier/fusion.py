@@ -194,14 +194,12 @@ def _held_out_probabilities(
     image_model: Any,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Text and image probabilities of `frame`'s products (image rows NaN without a photo)."""
-    from rakuten_classifier.image import load_pixels
-
     text = text_model.predict_proba(frame["text"].tolist())
     has_image = frame["has_image"].to_numpy()
     image = np.full_like(text, np.nan)
     if has_image.any() and image_model is not None:
-        pixels = load_pixels(frame.loc[has_image, "image_path"].tolist(), image_model.image_size)
-        image[has_image] = image_model.predict_proba(pixels)
+        paths = frame.loc[has_image, "image_path"].tolist()
+        image[has_image] = image_model.predict_proba_photos(paths)
     return text, image, has_image
 
 
