@@ -37,3 +37,12 @@ lint: setup
 lock: setup
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 -o requirements.lock
+
+.PHONY: report
+# Compare the workspace (or TARGET) with a git revision or DVC experiment: Markdown + PNGs +
+# a self-contained HTML file in reports/, e.g. `make report BASELINE=main`.
+BASELINE ?= HEAD
+TARGET ?= workspace
+report: setup
+	$(BIN)/rakuten-classifier report --baseline $(BASELINE) --target $(TARGET)
+

@@ -116,6 +116,15 @@ def make_project(root: Path, overrides: dict[str, object] | None = None) -> Path
     return root
 
 
+def committed_copy(project: Path, dest: Path, message: str = "baseline run") -> Path:
+    """A copy of a project (git history and DVC cache too) with its current state committed:
+    a run the tests can change, or compare with, without disturbing the original."""
+    shutil.copytree(project, dest, symlinks=True)
+    run(["git", "add", "-A"], dest)
+    run(["git", "commit", "-q", "-m", message], dest)
+    return dest
+
+
 @dataclass
 class PipelineRun:
     root: Path
