@@ -9,6 +9,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -123,6 +124,24 @@ def committed_copy(project: Path, dest: Path, message: str = "baseline run") -> 
     run(["git", "add", "-A"], dest)
     run(["git", "commit", "-q", "-m", message], dest)
     return dest
+
+
+def execute_notebook(path: Path, env: dict[str, str] | None = None) -> Any:
+    """Run a notebook headless from its own folder, as Jupyter would, in the user's
+    environment (`command_env()`, plus `env`); returns it with its outputs (a failing cell
+    raises)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        notebook,
+        kernel_name="python3",
+        timeout=600,
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+    client.execute(env={**command_env(), **(env or {})})
+    return notebook
 
 
 @dataclass
