@@ -38,7 +38,7 @@ lock: setup
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 -o requirements.lock
 
-.PHONY: report
+.PHONY: report bench
 # Compare the workspace (or TARGET) with a git revision or DVC experiment: Markdown + PNGs +
 # a self-contained HTML file in reports/, e.g. `make report BASELINE=main`.
 BASELINE ?= HEAD
@@ -46,3 +46,8 @@ TARGET ?= workspace
 report: setup
 	$(BIN)/rakuten-classifier report --baseline $(BASELINE) --target $(TARGET)
 
+# Pipeline time and memory per stage and prediction throughput on the sample, compared with
+# the previous run on this machine (kept in .bench/). BENCH_ARGS="--bundle models/bundle"
+# measures the prediction throughput of an existing bundle only.
+bench: setup
+	$(PY) bench/pipeline.py $(BENCH_ARGS)
