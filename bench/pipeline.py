@@ -130,7 +130,14 @@ def bench_prediction(bundle_dir: Path, sample: Path, scratch: Path) -> dict[str,
 
 
 def _change(new: float, old: float | None) -> str:
-    return "" if not old else f"{(new - old) / old:+.0%}"
+    if not old:
+        return ""
+    change = (new - old) / old
+    return "0%" if round(change, 2) == 0 else f"{change:+.0%}"
+
+
+def _figure(value: float | None, digits: int) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
 
 
 def print_table(title: str, header: list[str], rows: list[list[Any]]) -> None:
@@ -161,17 +168,19 @@ def print_pipeline(section: dict[str, Any], before: dict[str, Any]) -> None:
         rows.append(
             [
                 stage,
-                f"{figures['wall_s']:.1f}",
-                was.get("wall_s", ""),
+                _figure(figures["wall_s"], 1),
+                _figure(was.get("wall_s"), 1),
                 _change(figures["wall_s"], was.get("wall_s")),
-                f"{figures['peak_rss_mib']:.0f}",
-                was.get("peak_rss_mib", ""),
+                _figure(figures["peak_rss_mib"], 0),
+                _figure(was.get("peak_rss_mib"), 0),
                 _change(figures["peak_rss_mib"], was.get("peak_rss_mib")),
             ]
         )
     total = sum(figures["wall_s"] for figures in section["figures"].values())
     old_total = sum(figures["wall_s"] for figures in old.values()) or None
-    rows.append(["total", f"{total:.1f}", old_total or "", _change(total, old_total), "", "", ""])
+    rows.append(
+        ["total", _figure(total, 1), _figure(old_total, 1), _change(total, old_total), "", "", ""]
+    )
     print_table(
         f"dvc repro --force on the sample, one stage at a time ({_previous_note(section, before)})",
         ["stage", "wall s", "previous", "change", "peak RSS MiB", "previous", "change"],
@@ -185,8 +194,8 @@ def print_prediction(section: dict[str, Any], before: dict[str, Any]) -> None:
         [
             name,
             figures["products"],
-            f"{figures['products_per_s']:.1f}",
-            old.get(name, {}).get("products_per_s", ""),
+            _figure(figures["products_per_s"], 1),
+            _figure(old.get(name, {}).get("products_per_s"), 1),
             _change(figures["products_per_s"], old.get(name, {}).get("products_per_s")),
         ]
         for name, figures in section["figures"].items()
