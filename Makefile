@@ -61,3 +61,17 @@ bench-memory: setup
 # DVC with the full data set's photo count: one images.zip versus a folder of ~99k files.
 bench-dvc: setup
 	$(PY) bench/dvc_tracking.py --rows $(ROWS)
+
+.PHONY: report bench
+# Compare the workspace (or TARGET) with a git revision or DVC experiment: Markdown + PNGs +
+# a self-contained HTML file in reports/, e.g. `make report BASELINE=main`.
+BASELINE ?= HEAD
+TARGET ?= workspace
+report: setup
+	$(BIN)/rakuten-classifier report --baseline $(BASELINE) --target $(TARGET)
+
+# Pipeline time and memory per stage and prediction throughput on the sample, compared with
+# the previous run on this machine (kept in .bench/). BENCH_ARGS="--bundle models/bundle"
+# measures the prediction throughput of an existing bundle only.
+bench: setup
+	$(PY) bench/pipeline.py $(BENCH_ARGS)

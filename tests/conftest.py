@@ -9,6 +9,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -124,6 +125,33 @@ def make_project(root: Path, overrides: dict[str, object] | None = None) -> Path
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-q", "-m", "project under test"], root)
     return root
+
+
+def committed_copy(project: Path, dest: Path, message: str = "baseline run") -> Path:
+    """A copy of a project (git history and DVC cache too) with its current state committed:
+    a run the tests can change, or compare with, without disturbing the original."""
+    shutil.copytree(project, dest, symlinks=True)
+    run(["git", "add", "-A"], dest)
+    run(["git", "commit", "-q", "-m", message], dest)
+    return dest
+
+
+def execute_notebook(path: Path, env: dict[str, str] | None = None) -> Any:
+    """Run a notebook headless from its own folder, as Jupyter would, in the user's
+    environment (`command_env()`, plus `env`); returns it with its outputs (a failing cell
+    raises)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        notebook,
+        kernel_name="python3",
+        timeout=600,
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+    client.execute(env={**command_env(), **(env or {})})
+    return notebook
 
 
 @dataclass

@@ -4,11 +4,10 @@ repository: outputs, metrics, caching, parameter changes and experiments."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pandas as pd
 import pytest
-from conftest import PipelineRun, run, set_params
+from conftest import PipelineRun, committed_copy, run, set_params
 
 STAGES = (
     "import_raw",
@@ -84,11 +83,7 @@ def test_second_repro_with_nothing_changed_does_nothing(pipeline_run: PipelineRu
 def changed_project(tmp_path_factory: pytest.TempPathFactory, pipeline_run: PipelineRun):
     """A copy of the session's project (its git history and DVC cache too) with the run
     committed, for parameter changes and experiments that must not disturb the original."""
-    root = tmp_path_factory.mktemp("experiments") / "project"
-    shutil.copytree(pipeline_run.root, root, symlinks=True)
-    run(["git", "add", "-A"], root)
-    run(["git", "commit", "-q", "-m", "baseline run"], root)
-    return root
+    return committed_copy(pipeline_run.root, tmp_path_factory.mktemp("experiments") / "project")
 
 
 def test_params_change_shows_in_params_diff_and_reruns_only_downstream(changed_project) -> None:

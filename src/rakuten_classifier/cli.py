@@ -134,3 +134,29 @@ def serve(
     uvicorn.run(
         application, host=settings.host, port=settings.port, log_config=None, access_log=False
     )
+
+
+def report(
+    baseline: str = typer.Option(
+        ..., help="Git revision (branch, tag, sha, HEAD~1) or DVC experiment name to compare with."
+    ),
+    target: str = typer.Option(
+        "workspace", help="What is compared: 'workspace' (the files on disk) or a revision."
+    ),
+    out: Path | None = typer.Option(
+        None, help="Folder of the report (default: reports/<target>-vs-<baseline>)."
+    ),
+    html: bool = typer.Option(
+        True, "--html/--no-html", help="Also write report.html, one file with the images inside."
+    ),
+) -> None:
+    """Write a Markdown report comparing two runs: metrics, params, per-class F1 and plots.
+    Run it in the project folder; the baseline's files are read from git, offline."""
+    from rakuten_classifier.report import ReportError, write_report
+
+    try:
+        path = write_report(Path.cwd(), baseline, target, out, html)
+    except ReportError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
+    typer.echo(path)

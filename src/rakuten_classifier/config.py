@@ -37,6 +37,7 @@ BUNDLE_DIR = MODELS_DIR / "bundle"
 METRICS_DIR = Path("metrics")
 PLOTS_DIR = Path("plots")
 DVCLIVE_DIR = Path("dvclive")
+REPORTS_DIR = Path("reports")  # `rakuten-classifier report` comparisons (git-ignored)
 
 # The challenge's file layout, shared by the embedded sample and the full data set.
 X_TRAIN_CSV = "X_train_update.csv"

@@ -141,6 +141,37 @@ def plot_per_class_f1(scores: dict[str, pd.DataFrame], path: Path, title: str) -
     _save(figure, path)
 
 
+def plot_f1_change(changes: dict[str, pd.DataFrame], path: Path, title: str) -> None:
+    """How far each product type's F1 moved between two runs, one panel per model (green up,
+    red down). Frames are indexed by product type code, with `name` and `change` columns; the
+    rows follow the first model's change, so a class sits at the same height in every panel."""
+    plt = _pyplot()
+    first = next(iter(changes.values()))
+    order = first["change"].fillna(0).sort_values().index.tolist()
+    figure, grid = plt.subplots(
+        1,
+        len(changes),
+        figsize=(3.5 * len(changes) + 2.5, max(4.0, 0.3 * len(order) + 1)),
+        sharey=True,
+        squeeze=False,
+    )
+    positions = np.arange(len(order))
+    # One scale for every panel, so bars of the same length mean the same change.
+    limit = max(0.05, *(float(frame["change"].abs().max()) * 1.1 for frame in changes.values()))
+    for axes, (model, frame) in zip(grid[0], changes.items(), strict=True):
+        values = frame["change"].reindex(order).fillna(0)
+        colours = ["tab:green" if value > 0 else "tab:red" for value in values]
+        axes.barh(positions, values, color=colours)
+        axes.axvline(0, color="black", linewidth=0.8)
+        axes.set_xlim(-limit, limit)
+        axes.set_title(model)
+        axes.set_xlabel("F1 change")
+    names = [f"{code} {first.at[code, 'name'][:28]}" for code in order]
+    grid[0][0].set_yticks(positions, names, fontsize=7)
+    figure.suptitle(title)
+    _save(figure, path)
+
+
 def plot_training_curves(histories: dict[str, pd.DataFrame], path: Path) -> None:
     """Loss and accuracy per epoch (train and validation) of each Keras model, side by side."""
     plt = _pyplot()
