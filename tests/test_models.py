@@ -27,6 +27,7 @@ from rakuten_classifier.text import (
     load_text_model,
     save_text_model,
 )
+from rakuten_classifier.training import InferenceFunction
 
 TOKENIZE = {
     "stop_words": ["french"],
@@ -110,6 +111,24 @@ def test_image_model_round_trips_with_its_preprocessing(products, tmp_path: Path
     np.testing.assert_allclose(again.predict_proba(pixels), probabilities, rtol=1e-5)
     # Inference ignores the augmentation: the same photo twice gives the same answer.
     np.testing.assert_allclose(again.predict_proba(pixels), again.predict_proba(pixels))
+
+
+def test_head_on_cached_features_equals_the_whole_model_on_photos(products) -> None:
+    """What out-of-fold fusion relies on for a frozen backbone."""
+    photos = products[products["has_image"]].head(6)
+    backbone = build_backbone("small_cnn", None, 48)
+    model = build_image_model(
+        backbone, build_head(4, 0.3, 0.01), {"image_size": 48, "backbone": "small_cnn"}
+    )
+    image_model = ImageModel(model, 48, temperature=0.7)
+    pixels = load_pixels(photos["image_path"].tolist(), 48)
+    features = InferenceFunction(backbone)(pixels.astype(np.float32))
+    np.testing.assert_allclose(
+        image_model.predict_proba_features(features),
+        image_model.predict_proba(pixels),
+        rtol=1e-4,
+        atol=1e-6,
+    )
 
 
 def test_unknown_backbone_is_refused_with_the_known_ones() -> None:

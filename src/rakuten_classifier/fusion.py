@@ -188,18 +188,22 @@ def fit_fusion(
 
 
 def _held_out_probabilities(
-    params: dict[str, Any],
-    frame: Any,
-    text_model: Any,
-    image_model: Any,
+    frame: Any, text_model: Any, image_model: Any, features_dir: Path | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Text and image probabilities of `frame`'s products (image rows NaN without a photo)."""
+    """Text and image probabilities of `frame`'s products (image rows NaN without a photo).
+    With `features_dir` (a frozen backbone) the image head runs on the cached features."""
+    from rakuten_classifier.image import load_features
+
     text = text_model.predict_proba(frame["text"].tolist())
     has_image = frame["has_image"].to_numpy()
     image = np.full_like(text, np.nan)
     if has_image.any() and image_model is not None:
-        paths = frame.loc[has_image, "image_path"].tolist()
-        image[has_image] = image_model.predict_proba_photos(paths)
+        photos = frame[has_image]
+        if features_dir is not None:
+            features, _ = load_features(features_dir, photos)
+            image[has_image] = image_model.predict_proba_features(features)
+        else:
+            image[has_image] = image_model.predict_proba_photos(photos["image_path"].tolist())
     return text, image, has_image
 
 
@@ -216,6 +220,8 @@ def out_of_fold(
     to learn from instead of the few dozen photos of the validation split."""
     from rakuten_classifier import image, text
 
+    # A frozen backbone's features are cached: the held-out photos need only the head.
+    cached = features_dir if image.has_frozen_backbone(params["train_image"]) else None
     text_out = np.zeros((len(train), n_classes))
     image_out = np.full((len(train), n_classes), np.nan)
     splitter = StratifiedKFold(folds, shuffle=True, random_state=params["seed"])
@@ -225,7 +231,7 @@ def out_of_fold(
         text_model = text.fit_recipe(params, fit_frame, n_classes, specs["text"])
         photos = fit_frame[fit_frame["has_image"]]
         image_model = image.fit_recipe(params, photos, n_classes, features_dir, specs["image"])
-        probabilities = _held_out_probabilities(params, held_frame, text_model, image_model)
+        probabilities = _held_out_probabilities(held_frame, text_model, image_model, cached)
         text_out[held_rows], image_out[held_rows] = probabilities[0], probabilities[1]
     return text_out, image_out, train["has_image"].to_numpy()
 
@@ -246,8 +252,9 @@ def train(
 
     settings = params["train_fusion"]
     val = load_split("val", processed_dir)
+    # Validation photos go through the whole image model, exactly as the bundle serves them.
     held_out = [
-        _held_out_probabilities(params, val, load_text_model(text_dir), load_image_model(image_dir))
+        _held_out_probabilities(val, load_text_model(text_dir), load_image_model(image_dir))
     ]
     labels = [val["label"].to_numpy()]
     if settings["folds"] > 1:

@@ -222,11 +222,18 @@ def build_augmentation(params: dict[str, Any]) -> Any:
         steps.append(layers.RandomZoom(params["zoom"], fill_mode="constant", fill_value=255))
     if params.get("contrast"):
         steps.append(layers.RandomContrast(params["contrast"], value_range=(0, 255)))
+    if not steps:  # every augmentation switched off (an empty Sequential cannot be built)
+        return layers.Identity(name="augmentation")
     return keras.Sequential(steps, name="augmentation")
 
 
 def is_pretrained(params: dict[str, Any]) -> bool:
     return params.get("weights") not in (None, "none")
+
+
+def has_frozen_backbone(params: dict[str, Any]) -> bool:
+    """Pretrained and not fine-tuned: the cached features are exactly what the head sees."""
+    return is_pretrained(params) and params["fine_tune"]["blocks"] == 0
 
 
 def build_head(n_classes: int, dropout: float, l2: float = 0.0) -> Any:
@@ -291,6 +298,13 @@ class ImageModel:
 
     def predict_proba_photos(self, paths: list[str]) -> np.ndarray:
         return softmax(self.logits_of_photos(paths), self.temperature)
+
+    def predict_proba_features(self, features: np.ndarray) -> np.ndarray:
+        """The same probabilities from cached backbone features, for a model whose backbone is
+        frozen (the head alone runs: seconds instead of a backbone pass over every photo)."""
+        head = InferenceFunction(self.model.get_layer("head"))
+        probabilities = head(features.astype(np.float32), 256)
+        return softmax(np.log(probabilities.astype(np.float64) + 1e-12), self.temperature)
 
     def decode(self, data: bytes) -> np.ndarray:
         return decode_image(data, self.image_size)
