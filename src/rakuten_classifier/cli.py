@@ -136,6 +136,7 @@ def serve(
     )
 
 
+@app.command()
 def report(
     baseline: str = typer.Option(
         ..., help="Git revision (branch, tag, sha, HEAD~1) or DVC experiment name to compare with."
