@@ -17,6 +17,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -70,6 +71,13 @@ class Run:
     @property
     def title(self) -> str:
         return self.spec if self.rev is None else f"{self.spec} ({self.kind} {self.rev[:7]})"
+
+
+def _dvc() -> str:
+    """The `dvc` of this Python environment (a notebook or script may run without the
+    virtualenv's bin folder on PATH), else the one on PATH."""
+    beside = Path(sys.executable).with_name("dvc")
+    return str(beside) if beside.exists() else (shutil.which("dvc") or "dvc")
 
 
 def _git(project: Path, *args: str) -> bytes:
@@ -458,7 +466,7 @@ def experiments_table(project: Path = Path("."), all_commits: bool = False) -> p
     from), `state` (an experiment's: queued, running, success, failed), `created`; then each
     param by its dotted name (`train_fusion.method`) and each metric as `<file>:<key>`
     (`metrics/test.json:fusion.f1_weighted`)."""
-    args = ["dvc", "exp", "show", "--json", *(["--all-commits"] if all_commits else [])]
+    args = [_dvc(), "exp", "show", "--json", *(["--all-commits"] if all_commits else [])]
     result = subprocess.run(args, cwd=project, capture_output=True, text=True, check=False)
     if result.returncode:
         raise ReportError(f"`{' '.join(args)}` failed in {project}: {result.stderr.strip()}")
