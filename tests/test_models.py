@@ -14,9 +14,11 @@ from rakuten_classifier import config
 from rakuten_classifier.data import product_frame, read_labels, read_products
 from rakuten_classifier.image import (
     ImageModel,
+    backbone_features,
     build_backbone,
     build_head,
     build_image_model,
+    fit_image_model,
     load_image_model,
     load_pixels,
     save_image_model,
@@ -134,3 +136,37 @@ def test_head_on_cached_features_equals_the_whole_model_on_photos(products) -> N
 def test_unknown_backbone_is_refused_with_the_known_ones() -> None:
     with pytest.raises(ValueError, match=r"unknown 'resnet9'.*efficientnet_lite0"):
         build_backbone("resnet9", None, 64)
+
+
+def test_two_phase_training_fine_tunes_only_the_last_blocks(products) -> None:
+    """Phase 1 trains the head on cached features of the pretrained (offline) EfficientNet-Lite0;
+    phase 2 trains the last block with it on photos, and leaves the earlier blocks alone."""
+    photos = products[products["has_image"]].groupby("label").head(3)
+    size = 64
+    params = {
+        "backbone": "efficientnet_lite0",
+        "weights": "imagenet",
+        "image_size": size,
+        "batch_size": 8,
+        "class_weight": "balanced",
+        "augment": {"flip": True},
+        "head": {"dropout": 0.2, "l2": 0.01, "learning_rate": 0.01, "epochs": 2, "patience": 1},
+        "fine_tune": {"blocks": 1, "learning_rate": 0.01, "epochs": 1, "patience": 1},
+    }
+    backbone = build_backbone("efficientnet_lite0", "imagenet", size)
+    _, features = backbone_features(InferenceFunction(backbone), photos, size)
+    before = {layer.name: [w.copy() for w in layer.get_weights()] for layer in backbone.layers}
+    cached = (features, photos["label"].to_numpy())
+    model, epochs = fit_image_model(
+        params, 0, 4, (photos, cached), None, epochs={"head": 2, "fine_tune": 1}
+    )
+    assert epochs == {"head": 2, "fine_tune": 1}
+    trained = model.model.get_layer("efficientnet_lite0")
+
+    def moved(name: str) -> bool:
+        after = trained.get_layer(name).get_weights()
+        return any(not np.allclose(a, b) for a, b in zip(before[name], after, strict=True))
+
+    assert moved("block7a_project_conv")  # the last block learned
+    assert not moved("stem_conv") and not moved("block3b_expand_conv")  # earlier ones did not
+    assert not moved("block7a_project_bn")  # batch norms stay frozen
