@@ -331,6 +331,7 @@ def save_image_model(model: ImageModel, out_dir: Path, extra: dict[str, Any]) ->
 def load_image_model(model_dir: Path) -> ImageModel:
     import keras
 
+    model_dir = Path(model_dir)
     spec = read_json(model_dir / IMAGE_MODEL_JSON)
     logger.debug("loading image model from %s", model_dir)
     model = keras.models.load_model(model_dir / ImageModel.MODEL_FILE)

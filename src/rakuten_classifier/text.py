@@ -198,6 +198,7 @@ def save_text_model(model: TextModel, out_dir: Path, extra: dict[str, Any] | Non
 
 
 def load_text_model(model_dir: Path) -> TextModel:
+    model_dir = Path(model_dir)
     spec = read_json(model_dir / TEXT_MODEL_JSON)
     kind = spec["kind"]
     if kind not in _TEXT_MODEL_KINDS:
