@@ -35,7 +35,7 @@ lint: setup
 
 # Re-pin every dependency after editing pyproject.toml.
 lock: setup
-	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra vectors --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 -o requirements.lock
 
 .PHONY: serve bench-api

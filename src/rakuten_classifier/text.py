@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import math
 import re
+import string
 import unicodedata
 from collections import Counter
 from pathlib import Path
@@ -24,6 +25,7 @@ from rakuten_classifier.config import logger
 from rakuten_classifier.files import atomic_path, read_json, write_json
 from rakuten_classifier.fusion import softmax
 from rakuten_classifier.training import InferenceFunction
+from rakuten_classifier.word_vectors import MeanWordVector, VectorTable, load_vector_table
 
 _TAG = re.compile(r"<[^>]*>")
 _SPACE = re.compile(r"\s+")
@@ -71,7 +73,8 @@ def stop_word_list(languages: list[str]) -> list[str]:
 
 
 def build_tfidf(params: dict[str, Any]) -> FeatureUnion:
-    """Word and character n-gram TF-IDF side by side: characters cope with typos and plurals."""
+    """Word and character n-gram TF-IDF side by side: characters cope with typos and plurals;
+    with `word_vectors`, each text's mean French word vector too (words unseen in training)."""
     stop_words = stop_word_list(params.get("stop_words") or []) or None
     word = TfidfVectorizer(
         analyzer="word",
@@ -91,7 +94,13 @@ def build_tfidf(params: dict[str, Any]) -> FeatureUnion:
         sublinear_tf=True,
         dtype=np.float32,
     )
-    return FeatureUnion([("word", word), ("char", char)])
+    blocks = [("word", word), ("char", char)]
+    if params.get("word_vectors"):
+        vectors = MeanWordVector(
+            params["word_vectors"], WORD_PATTERN, params.get("word_vector_weight", 1.0)
+        )
+        blocks.append(("vectors", vectors))
+    return FeatureUnion(blocks)
 
 
 def fit_vocabulary(texts: list[str], size: int) -> list[str]:
@@ -238,9 +247,25 @@ def train_linear_text(
     return LinearTextModel(Pipeline([("tfidf", tfidf), ("classifier", classifier)]))
 
 
+def embedding_matrix(vocabulary: list[str], table: VectorTable, seed: int = 0) -> np.ndarray:
+    """Initial embeddings for TextVectorization's indices (padding, out-of-vocabulary, then
+    `vocabulary`): a word's unit-length French vector where the table has it (punctuation
+    stripped, as whitespace tokens keep it), small random values elsewhere, as Keras's own
+    initialiser would give."""
+    width = table.vectors.shape[1]
+    matrix = np.random.default_rng(seed).uniform(-0.05, 0.05, (len(vocabulary) + 2, width))
+    for index, token in enumerate(vocabulary, start=2):
+        row = table.rows.get(token, table.rows.get(token.strip(string.punctuation + "«»")))
+        if row is not None:
+            vector = table.vectors[row].astype(np.float64)
+            matrix[index] = vector / max(float(np.linalg.norm(vector)), 1e-12)
+    return matrix.astype(np.float32)
+
+
 def build_text_cnn(vocabulary: list[str], n_classes: int, params: dict[str, Any]) -> Any:
-    """Raw strings in, class probabilities out: TextVectorization, embeddings, parallel Conv1D
-    with max-pooling (a Kim-style text CNN), dropout, softmax."""
+    """Raw strings in, class probabilities out: TextVectorization, embeddings (initialised
+    from French word vectors with `word_vectors`), parallel Conv1D with max-pooling (a
+    Kim-style text CNN), dropout, softmax."""
     import keras
     from keras import layers
 
@@ -252,8 +277,13 @@ def build_text_cnn(vocabulary: list[str], n_classes: int, params: dict[str, Any]
         output_sequence_length=params["sequence_length"],
         name="vectorize",
     )(inputs)
+    if params.get("word_vectors"):
+        matrix = embedding_matrix(vocabulary, load_vector_table(params["word_vectors"]))
+        size, initializer = matrix.shape[1], keras.initializers.Constant(matrix)
+    else:
+        size, initializer = params["embedding_dim"], "uniform"
     embedded = layers.Embedding(
-        len(vocabulary) + 2, params["embedding_dim"], mask_zero=False, name="embedding"
+        len(vocabulary) + 2, size, embeddings_initializer=initializer, name="embedding"
     )(tokens)
     embedded = layers.SpatialDropout1D(params["dropout"] / 2)(embedded)
     pooled = [

