@@ -31,7 +31,7 @@ def unit(vector: np.ndarray) -> np.ndarray:
 def test_the_hash_finds_the_words_of_the_table(table) -> None:
     # The wheel keys its rows by spaCy's hash: a wrong hash would find (almost) no word.
     assert len(table.rows) > 200_000
-    assert table.vectors.shape == (20_000, 300)
+    assert table.vectors.shape[1] == 300 and 15_000 < len(table.vectors) <= 20_000
     for word in ("livre", "jouet", "piscine", "vélo", "trottinette"):
         assert word in table.rows, word
     assert murmurhash64a(b"livre") != murmurhash64a(b"livres")

@@ -99,7 +99,8 @@ def vocab_dir(package: str) -> Path:
 
 @dataclass
 class VectorTable:
-    """Lowercase word -> row of `vectors` (our text is lowercased before it gets here)."""
+    """Lowercase word -> row of `vectors` (our text is lowercased before it gets here); only
+    the rows some such word points to, as float16: half what a pickled model then weighs."""
 
     rows: dict[str, int]
     vectors: np.ndarray
@@ -115,7 +116,11 @@ def load_vector_table(package: str) -> VectorTable:
     for word in words:
         if word == word.lower() and (row := key2row.get(murmurhash64a(word.encode()))) is not None:
             rows[word] = row
-    return VectorTable(rows, vectors)
+    used = np.unique(np.fromiter(rows.values(), dtype=np.int64))
+    renumber = np.full(len(vectors), -1, dtype=np.int64)
+    renumber[used] = np.arange(len(used))
+    compact = {word: int(renumber[row]) for word, row in rows.items()}
+    return VectorTable(compact, vectors[used].astype(np.float16))
 
 
 class MeanWordVector(TransformerMixin, BaseEstimator):
@@ -130,12 +135,7 @@ class MeanWordVector(TransformerMixin, BaseEstimator):
 
     def fit(self, texts: list[str], y: object = None) -> MeanWordVector:
         table = load_vector_table(self.package)
-        # Only the rows some word points to; float16 halves what the pickled model weighs.
-        used = np.unique(np.fromiter(table.rows.values(), dtype=np.int64))
-        renumber = np.full(len(table.vectors), -1, dtype=np.int64)
-        renumber[used] = np.arange(len(used))
-        self.rows_ = {word: int(renumber[row]) for word, row in table.rows.items()}
-        self.vectors_ = table.vectors[used].astype(np.float16)
+        self.rows_, self.vectors_ = table.rows, table.vectors
         return self
 
     def transform(self, texts: list[str]) -> sparse.csr_matrix:
