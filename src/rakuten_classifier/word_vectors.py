@@ -24,6 +24,9 @@ import numpy as np
 from scipy import sparse
 from sklearn.base import BaseEstimator, TransformerMixin
 
+from rakuten_classifier.config import default_cache_dir
+from rakuten_classifier.files import atomic_path
+
 _MASK = (1 << 64) - 1
 _MULTIPLIER = 0xC6A4A7935BD1E995
 
@@ -106,9 +109,32 @@ class VectorTable:
     vectors: np.ndarray
 
 
+# Bump when the cached form changes, so that an old file is not read as the new one.
+_CACHE_FORMAT = "v1"
+
+
 @functools.cache  # once a process: each fold of train_fusion refits the features
 def load_vector_table(package: str) -> VectorTable:
+    """The table of an installed package; built once (hashing 700k words takes seconds), then
+    read from the cache folder (`config.default_cache_dir()`) by every later process."""
     directory = vocab_dir(package)
+    cached = default_cache_dir() / f"{directory.parent.name}.{_CACHE_FORMAT}.words.npz"
+    if not cached.is_file():
+        table = _build_vector_table(directory)
+        with atomic_path(cached) as tmp:
+            # The words as JSON bytes: a NumPy string array would pad all 226k to the longest.
+            words = np.frombuffer(json.dumps(list(table.rows)).encode(), dtype=np.uint8)
+            rows = np.fromiter(table.rows.values(), dtype=np.int32)
+            np.savez(tmp, words=words, rows=rows, vectors=table.vectors)
+        return table
+    with np.load(cached) as stored:
+        words = json.loads(stored["words"].tobytes())
+        return VectorTable(
+            dict(zip(words, stored["rows"].tolist(), strict=True)), stored["vectors"]
+        )
+
+
+def _build_vector_table(directory: Path) -> VectorTable:
     vectors = np.load(directory / "vectors")
     key2row = _read_key2row((directory / "key2row").read_bytes())
     words = json.loads((directory / "strings.json").read_text(encoding="utf-8"))
