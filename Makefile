@@ -9,7 +9,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export KERAS_BACKEND := tensorflow
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup run test lint lock bench-memory bench-dvc
+.PHONY: setup run test test-fast lint lock bench-memory bench-dvc
 setup: $(STAMP)
 
 # The virtual environment is rebuilt only when the lock file or the project metadata change.
@@ -28,6 +28,10 @@ run: setup
 
 test: setup
 	$(BIN)/pytest
+
+# The tests that need neither the pipeline run nor a server nor a long training: about a minute.
+test-fast: setup
+	$(BIN)/pytest -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check .

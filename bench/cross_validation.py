@@ -24,8 +24,9 @@ from sklearn.svm import LinearSVC
 from tqdm import tqdm
 
 from rakuten_classifier import config
+from rakuten_classifier.calibration import fit_temperature, softmax
 from rakuten_classifier.data import product_frame, read_labels, read_products
-from rakuten_classifier.fusion import fit_fusion, fit_temperature, softmax
+from rakuten_classifier.fusion import fit_fusion
 from rakuten_classifier.image import (
     backbone_features,
     build_backbone,

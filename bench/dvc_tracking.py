@@ -23,7 +23,7 @@ import typer
 from synthetic import FULL_TEST_ROWS, FULL_TRAIN_ROWS, build_synthetic_copy
 
 from rakuten_classifier import config
-from rakuten_classifier.data import archive_photos
+from rakuten_classifier.raw_import import archive_photos
 
 STAGE = "stages:\n  import_raw:\n    cmd: python -c 'pass'\n    outs:\n      - data/raw\n"
 CREDENTIALS = {

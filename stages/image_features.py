@@ -3,6 +3,7 @@ cached so that sweeps over the image head do not run the backbone again."""
 
 from pathlib import Path
 
+import _environment  # noqa: F401  (first: checks the environment, pins the numerics)
 import typer
 
 from rakuten_classifier import config, image

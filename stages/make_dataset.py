@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import _environment  # noqa: F401  (first: checks the environment, pins the numerics)
 import typer
 
 from rakuten_classifier import config, data

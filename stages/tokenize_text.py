@@ -6,6 +6,7 @@ standard library module of that name.)
 
 from pathlib import Path
 
+import _environment  # noqa: F401  (first: checks the environment, pins the numerics)
 import typer
 
 from rakuten_classifier import config, text

@@ -1,10 +1,12 @@
-"""Stage train_fusion: how text and photo probabilities combine, learned on validation."""
+"""Stage train_fusion: how text and photo probabilities combine, learned on held-out
+predictions (the validation split, plus out-of-fold predictions on the train split)."""
 
 from pathlib import Path
 
+import _environment  # noqa: F401  (first: checks the environment, pins the numerics)
 import typer
 
-from rakuten_classifier import config, fusion
+from rakuten_classifier import config, recipes
 from rakuten_classifier.training import log_scores, open_live
 
 
@@ -19,8 +21,12 @@ def main(
     config.setup_logging()
     params = config.load_params(path=params_file)
     with open_live(config.DVCLIVE_DIR / "train_fusion") as live:
-        scores = fusion.train(params, processed_dir, text_dir, image_dir, features_dir, out_dir)
-        log_scores(live, "val", scores)
+        scores = recipes.train_fusion(
+            params, processed_dir, text_dir, image_dir, features_dir, out_dir
+        )
+        # held_out: validation and out-of-fold rows together; val: the validation split alone.
+        for split, values in scores.items():
+            log_scores(live, split, values)
 
 
 if __name__ == "__main__":

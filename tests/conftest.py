@@ -15,21 +15,18 @@ import pandas as pd
 import pytest
 import yaml
 
+pytest_plugins = ["api_support"]
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
 BIN = Path(sys.executable).parent
 
-# Small and fast, but every component real: 7 product types, 14 products each (about half with
-# their photo), a tiny from-scratch CNN on 64 px photos, 2 epochs.
+# The shipped defaults (pretrained EfficientNet-Lite0 on cached features, out-of-fold fusion,
+# word vectors) on a slice of the real sample: 7 product types, 14 products each (about half
+# with their photo, one of them truncated).
 FAST_PARAMS = {
     "data.sample_dir": "data/slice",
-    "train_image.backbone": "small_cnn",
-    "train_image.weights": "none",
-    "train_image.image_size": 64,
-    "train_image.head.epochs": 2,
-    "train_image.batch_size": 16,
     "train_text.cnn.epochs": 2,
-    "train_fusion.folds": 2,
     "predict.timing_singles": 5,
 }
 
@@ -66,7 +63,8 @@ def run(
 
 def make_slice(dest: Path, classes: int = 7, per_class: int = 14, test_rows: int = 12) -> Path:
     """Real products from the sample in the challenge layout: the first `classes` product
-    types, `per_class` rows each (those with a photo first), and `test_rows` unlabelled rows."""
+    types, `per_class` rows each (those with a photo first, the first photo truncated), and
+    `test_rows` unlabelled rows."""
     x = pd.read_csv(SAMPLE / "X_train_update.csv", index_col=0)
     y = pd.read_csv(SAMPLE / "Y_train_CVw08PX.csv", index_col=0)
     photo = {
@@ -88,6 +86,11 @@ def make_slice(dest: Path, classes: int = 7, per_class: int = 14, test_rows: int
     chosen[["prdtypecode"]].to_csv(dest / "Y_train_CVw08PX.csv")
     for index in chosen.index[chosen["has_photo"]]:
         shutil.copy2(photo[index], dest / "images/image_train")
+    # One photo whose header is intact and whose body is cut: its product must be classified
+    # from its text (make_dataset decodes every photo to find it).
+    first = photo[chosen.index[chosen["has_photo"]][0]]
+    truncated = dest / "images/image_train" / first.name
+    truncated.write_bytes(first.read_bytes()[: first.stat().st_size // 2])
     test = pd.read_csv(SAMPLE / "X_test_update.csv", index_col=0).head(test_rows)
     test.to_csv(dest / "X_test_update.csv")
     for row in test.itertuples():
@@ -186,3 +189,15 @@ def slice_dir(pipeline_run: PipelineRun) -> Path:
 def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Converted weights and other caches go to a temporary folder, never the user's home."""
     os.environ["RAKUTEN_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+
+
+# Fixtures that run the pipeline or start a server: a test that uses any of them is slow.
+SLOW_FIXTURES = frozenset({"pipeline_run", "bundle_dir", "slice_dir", "server"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark slow every test that needs the pipeline run or a real server, so that
+    `make test-fast` (pytest -m "not slow") runs the rest in about a minute."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

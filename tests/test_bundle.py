@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 from conftest import run
 
-from rakuten_classifier.bundle import BundleError, load_bundle
+from rakuten_classifier.bundle import BundleError, assemble_bundle, load_bundle
+from rakuten_classifier.labels import LabelMap
 
 PHOTO_DIR = Path("images/image_test")
 
@@ -134,3 +135,38 @@ def test_batch_command_errors_are_clear_and_write_nothing(bundle_dir, batch_inpu
     result = predict_command(tmp_path / "no-bundle", x_csv, photos, out, tmp_path)
     assert result.returncode == 2 and "no model bundle here" in result.stderr
     assert not out.exists() and not list(tmp_path.glob(".preds*"))
+
+
+def test_the_manifest_describes_each_component_by_its_own_settings_file(
+    pipeline_run, tmp_path: Path
+) -> None:
+    """Another JSON file in a component's folder (sorted first) is not taken for its
+    settings."""
+    models = pipeline_run.root / "models"
+    components = {}
+    for name in ("text", "image", "fusion"):
+        components[name] = tmp_path / "components" / name
+        shutil.copytree(models / name, components[name])
+        (components[name] / "a_notes.json").write_text('{"note": "not the settings"}')
+    labels = LabelMap.from_json(json.loads((models / "bundle/labels.json").read_text()))
+    manifest = assemble_bundle(tmp_path / "bundle", components, labels, {})
+    for name in ("text", "image", "fusion"):
+        settings_file = {"text": "text_model.json", "image": "image_model.json"}.get(
+            name, "fusion.json"
+        )
+        expected = json.loads((models / name / settings_file).read_text())
+        assert manifest["components"][name] == expected, name
+
+
+def test_the_same_components_give_the_same_bundle_bytes(pipeline_run, tmp_path: Path) -> None:
+    """No build time or other per-run value in the bundle."""
+    models = pipeline_run.root / "models"
+    components = {name: models / name for name in ("text", "image", "fusion")}
+    labels = LabelMap.from_json(json.loads((models / "bundle/labels.json").read_text()))
+    first = assemble_bundle(tmp_path / "first", components, labels, {"seed": 1})
+    second = assemble_bundle(tmp_path / "second", components, labels, {"seed": 1})
+    assert first == second
+    assert "created_at" not in first
+    assert (tmp_path / "first/manifest.json").read_bytes() == (
+        tmp_path / "second/manifest.json"
+    ).read_bytes()

@@ -17,15 +17,20 @@ from rakuten_classifier import config
 from rakuten_classifier.data import (
     DataError,
     check_images,
-    import_raw,
     load_labels,
     load_split,
     make_dataset,
     read_labels,
     read_products,
 )
-from rakuten_classifier.image import ImageError, decode_image, inspect_image
-from rakuten_classifier.text import clean_text, product_text
+from rakuten_classifier.preprocess import (
+    ImageError,
+    clean_text,
+    decode_image,
+    inspect_image,
+    product_text,
+)
+from rakuten_classifier.raw_import import import_raw
 
 HEADER = ",designation,description,productid,imageid\n"
 

@@ -22,13 +22,13 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 import pytest
 
 from rakuten_classifier import download
-from rakuten_classifier.download import (
-    CHALLENGE_FILES,
+from rakuten_classifier.download import DownloadError, download_file
+from rakuten_classifier.preprocess import read_photo
+from rakuten_classifier.raw_import import (
+    DOWNLOADED_FILES,
     ArchiveError,
-    DownloadError,
-    download_file,
-    extract_images,
     fetch_challenge_data,
+    repack_photos,
 )
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
@@ -226,16 +226,25 @@ def server(images_zip: bytes) -> Iterator[_Server]:
     thread.join(timeout=5)
 
 
+def _assert_photos_archive(archive: Path, counts: dict[str, int | None]) -> None:
+    """`archive` holds the first `counts[split]` sample photos of each split (all with None),
+    byte for byte, as `split/name`, and nothing else."""
+    expected = {
+        f"{split}/{photo.name}": photo
+        for split, count in counts.items()
+        for photo in _sample_images(split)[:count]
+    }
+    with zipfile.ZipFile(archive) as opened:
+        assert sorted(opened.namelist()) == sorted(expected)
+    for name, photo in expected.items():
+        assert read_photo(archive / name) == photo.read_bytes(), name
+
+
 def _assert_challenge_layout(out: Path) -> None:
     for name in CSVS:
         assert (out / name).read_bytes() == (SAMPLE / name).read_bytes(), name
-    for split in ("image_train", "image_test"):
-        expected = {p.name: p for p in _sample_images(split)}
-        got = {p.name: p for p in (out / "images" / split).iterdir()}
-        assert set(got) == set(expected), split
-        for name, src in expected.items():
-            assert got[name].read_bytes() == src.read_bytes(), name
-    assert sorted(p.name for p in out.iterdir()) == sorted([*CSVS, "images"])
+    _assert_photos_archive(out / "images.zip", {"image_train": None, "image_test": None})
+    assert sorted(p.name for p in out.iterdir()) == sorted([*CSVS, "images.zip"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,8 +262,8 @@ def test_fetch_challenge_data_builds_the_challenge_layout(
     assert fetch_challenge_data(base, out, cache, **FAST) == out
 
     _assert_challenge_layout(out)
-    assert sorted(p.name for p in cache.iterdir()) == sorted(CHALLENGE_FILES)
-    for name in CHALLENGE_FILES:
+    assert sorted(p.name for p in cache.iterdir()) == sorted(DOWNLOADED_FILES)
+    for name in DOWNLOADED_FILES:
         assert server.hits(name) == [None]  # one plain request each, no retry, no Range
         assert server.hits(name, "cdn") == [None]
 
@@ -523,12 +532,12 @@ def test_invalid_base_url_says_where_to_set_it(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# extract_images
+# repack_photos: the downloaded archive into data/raw's images.zip, in one pass
 # --------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("prefix", ["", "images/", "images/images/", "rakuten/data/"])
-def test_extract_finds_the_images_whatever_the_prefix(tmp_path: Path, prefix: str) -> None:
+def test_repack_finds_the_photos_whatever_the_prefix(tmp_path: Path, prefix: str) -> None:
     zip_path = make_zip(
         tmp_path / "images.zip",
         prefix,
@@ -540,72 +549,81 @@ def test_extract_finds_the_images_whatever_the_prefix(tmp_path: Path, prefix: st
             "README.txt": b"hello",
         },
     )
-    out = tmp_path / "raw"
-    (out / "images" / "image_train").mkdir(parents=True)
-    (out / "images" / "image_train" / "stale.jpg").write_bytes(b"old")
+    dest = tmp_path / "raw" / "images.zip"
 
-    counts = extract_images(zip_path, out, progress=False)
+    counts = repack_photos(zip_path, dest)
 
     assert counts == {"image_train": 20, "image_test": 7}
-    for split, n in counts.items():
-        expected = _sample_images(split)[:n]
-        got = sorted((out / "images" / split).iterdir())
-        assert [p.name for p in got] == [p.name for p in expected]  # stale.jpg is gone
-        assert all(g.read_bytes() == e.read_bytes() for g, e in zip(got, expected, strict=True))
-    assert [p.name for p in out.iterdir()] == ["images"]  # no temporary folder left
+    _assert_photos_archive(dest, {"image_train": 20, "image_test": 7})
+    assert [p.name for p in dest.parent.iterdir()] == ["images.zip"]  # no temporary file left
+
+
+def test_repacking_twice_gives_the_same_bytes(tmp_path: Path) -> None:
+    """Whatever order and compression the download has: sorted, stored, fixed dates."""
+    photos = _sample_images("image_train")[:6]
+    first, second = tmp_path / "first.zip", tmp_path / "second.zip"
+    with zipfile.ZipFile(first, "w", zipfile.ZIP_DEFLATED) as zf:
+        for photo in photos:
+            zf.write(photo, f"images/image_train/{photo.name}")
+    with zipfile.ZipFile(second, "w", zipfile.ZIP_STORED) as zf:
+        for photo in reversed(photos):
+            zf.write(photo, f"other/image_train/{photo.name}")
+    repack_photos(first, tmp_path / "a.zip")
+    repack_photos(second, tmp_path / "b.zip")
+    assert (tmp_path / "a.zip").read_bytes() == (tmp_path / "b.zip").read_bytes()
 
 
 @pytest.mark.parametrize(
     "member",
     ["../evil.jpg", "/tmp/image_train/evil.jpg", "images/image_train/../../../evil.jpg"],
 )
-def test_extract_refuses_zip_slip(tmp_path: Path, member: str) -> None:
+def test_repack_refuses_zip_slip(tmp_path: Path, member: str) -> None:
     zip_path = make_zip(
         tmp_path / "images.zip", "images/", n_train=3, n_test=2, extra={member: b"evil"}
     )
-    out = tmp_path / "a" / "b" / "raw"
+    dest = tmp_path / "a" / "raw" / "images.zip"
 
     with pytest.raises(ArchiveError, match="unsafe"):
-        extract_images(zip_path, out, progress=False)
+        repack_photos(zip_path, dest)
 
-    assert not any(out.iterdir())
+    assert not dest.exists()
     assert not list(tmp_path.rglob("evil.jpg"))
 
 
-def test_extract_without_image_train_names_the_zip(tmp_path: Path) -> None:
+def test_repack_without_image_train_names_the_zip(tmp_path: Path) -> None:
     zip_path = tmp_path / "photos.zip"
     with zipfile.ZipFile(zip_path, "w") as zf:
         zf.write(_sample_images("image_test")[0], "photos/image_test/x.jpg")
         zf.write(_sample_images("image_test")[1], "photos/y.jpg")
 
     with pytest.raises(ArchiveError, match="image_train") as err:
-        extract_images(zip_path, tmp_path / "raw", progress=False)
+        repack_photos(zip_path, tmp_path / "raw" / "images.zip")
 
     assert str(zip_path) in str(err.value)
 
 
-def test_failed_extraction_leaves_nothing_half_written(tmp_path: Path) -> None:
+def test_failed_repack_leaves_nothing_half_written(tmp_path: Path) -> None:
     zip_path = make_zip(tmp_path / "images.zip", "images/", n_train=5, n_test=5)
     with zipfile.ZipFile(zip_path) as zf:
-        last = zf.infolist()[-1]  # the last test photo: the others are extracted first
+        last = zf.infolist()[-1]  # the last test photo: the others are copied first
     raw = bytearray(zip_path.read_bytes())
     data_start = last.header_offset + 30 + len(last.filename.encode()) + len(last.extra)
     raw[data_start + last.file_size // 2] ^= 0xFF
     zip_path.write_bytes(bytes(raw))
-    out = tmp_path / "raw"
-    (out / "images" / "image_train").mkdir(parents=True)
-    (out / "images" / "image_train" / "previous.jpg").write_bytes(b"kept")
+    dest = tmp_path / "raw" / "images.zip"
+    dest.parent.mkdir()
+    dest.write_bytes(b"the previous archive")
 
     with pytest.raises(ArchiveError, match="corrupt"):
-        extract_images(zip_path, out, progress=False)
+        repack_photos(zip_path, dest)
 
-    assert [p.name for p in out.iterdir()] == ["images"]  # no temporary folder left
-    assert [p.name for p in (out / "images" / "image_train").iterdir()] == ["previous.jpg"]
+    assert [p.name for p in dest.parent.iterdir()] == ["images.zip"]  # no temporary file left
+    assert dest.read_bytes() == b"the previous archive"
 
 
-def test_extract_rejects_a_file_that_is_not_a_zip(tmp_path: Path) -> None:
+def test_repack_rejects_a_file_that_is_not_a_zip(tmp_path: Path) -> None:
     not_zip = tmp_path / "images.zip"
     not_zip.write_bytes(b"<html>Not found</html>")
 
     with pytest.raises(ArchiveError, match="cannot open"):
-        extract_images(not_zip, tmp_path / "raw", progress=False)
+        repack_photos(not_zip, tmp_path / "raw" / "images.zip")

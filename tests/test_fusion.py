@@ -8,13 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rakuten_classifier.fusion import (
-    Fusion,
-    fit_fusion,
-    fit_temperature,
-    softmax,
-    weighted_f1,
-)
+from rakuten_classifier.calibration import fit_temperature, softmax
+from rakuten_classifier.fusion import Fusion, fit_fusion, weighted_f1
 
 CLASSES = 6
 

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 from conftest import SAMPLE, make_slice
 
-from rakuten_classifier import config, data
-from rakuten_classifier.data import archive_photos, check_images, import_raw, import_sample
+from rakuten_classifier import config, raw_import
+from rakuten_classifier.data import check_images
 from rakuten_classifier.files import sha256_file
-from rakuten_classifier.image import ImageError, read_photo, split_archive_path
+from rakuten_classifier.preprocess import ImageError, read_photo, split_archive_path
+from rakuten_classifier.raw_import import archive_photos, import_raw, import_sample
 
 
 def photos_of(folder: Path) -> list[Path]:
@@ -70,8 +71,8 @@ def test_full_data_import_repacks_the_downloaded_photos_as_one_archive(
         server.shutdown()
     assert {path.name for path in raw.iterdir()} == {
         config.IMAGES_ZIP,
-        *data.CHALLENGE_FILES,
-        *data.METADATA_FILES,
+        *raw_import.CHALLENGE_FILES,
+        *raw_import.METADATA_FILES,
     }
     for photo in originals:
         inside = raw / config.IMAGES_ZIP / photo.parent.name / photo.name

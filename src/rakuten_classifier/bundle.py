@@ -15,7 +15,6 @@ import hashlib
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +24,19 @@ from tqdm import tqdm
 
 from rakuten_classifier import config
 from rakuten_classifier.config import logger
-from rakuten_classifier.data import LabelMap, image_paths, read_products, write_predictions_csv
+from rakuten_classifier.data import image_paths, read_products, write_predictions_csv
 from rakuten_classifier.files import read_json, sha256_file, write_json
-from rakuten_classifier.fusion import Fusion
-from rakuten_classifier.image import ImageError, ImageModel, load_image_model, read_photo
-from rakuten_classifier.text import TextModel, load_text_model, product_text
+from rakuten_classifier.fusion import FUSION_JSON, Fusion
+from rakuten_classifier.image import IMAGE_MODEL_JSON, ImageModel, load_image_model
+from rakuten_classifier.labels import LabelMap
+from rakuten_classifier.preprocess import ImageError, product_text, read_photo
+from rakuten_classifier.text import TEXT_MODEL_JSON, TextModel, load_text_model
 
-FORMAT_VERSION = 1
+# 2: no build time in the manifest (the same run gives the same bundle, byte for byte).
+FORMAT_VERSION = 2
 MANIFEST_JSON = "manifest.json"
-COMPONENTS = ("text", "image", "fusion")
+# Each component's folder and the settings file that describes it.
+COMPONENTS = {"text": TEXT_MODEL_JSON, "image": IMAGE_MODEL_JSON, "fusion": FUSION_JSON}
 
 
 class BundleError(RuntimeError):
@@ -132,7 +135,8 @@ def assemble_bundle(
     metrics: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Copy the trained components into `out_dir` and write its manifest."""
+    """Copy the trained components into `out_dir` and write its manifest. Nothing in it depends
+    on when or where it was built: the same components give the same bytes."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in COMPONENTS:
@@ -144,12 +148,11 @@ def assemble_bundle(
     manifest = {
         "format_version": FORMAT_VERSION,
         "model_version": version[:12],
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "classes": len(labels.codes),
         "params": params,
         "components": {
-            name: read_json(next((out_dir / name).glob("*.json")))
-            for name in COMPONENTS
+            name: read_json(out_dir / name / spec)
+            for name, spec in COMPONENTS.items()
             if (out_dir / name).exists()
         },
         "metrics": metrics or {},

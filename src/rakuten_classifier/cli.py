@@ -17,7 +17,9 @@ app = typer.Typer(
 
 @app.callback()
 def main(
-    log_level: str = typer.Option("INFO", help="DEBUG, INFO, WARNING or ERROR."),
+    log_level: str = typer.Option(
+        None, envvar="RAKUTEN_LOG_LEVEL", help="DEBUG, INFO, WARNING or ERROR [default: INFO]."
+    ),
 ) -> None:
     config.setup_logging(log_level)
 
@@ -41,7 +43,7 @@ def predict(
     classified from their text."""
     from rakuten_classifier.bundle import BundleError, load_bundle, predict_csv
     from rakuten_classifier.data import DataError
-    from rakuten_classifier.image import split_archive_path
+    from rakuten_classifier.preprocess import split_archive_path
 
     if not image_dir.is_dir() and split_archive_path(image_dir) is None:
         config.logger.warning(
@@ -60,7 +62,8 @@ def metrics(
         config.METRICS_DIR / "test.json", help="Metrics of the predict stage."
     ),
 ) -> None:
-    """Print the held-out test metrics of each model as one table."""
+    """Print the held-out test metrics of each model as one table, with the prediction times
+    the predict stage measured on this machine (metrics/timing.json) when it has run here."""
     import pandas as pd
 
     from rakuten_classifier.files import read_json
@@ -69,6 +72,9 @@ def metrics(
         typer.echo(f"error: {path} not found: run `make run` (or `dvc repro`) first", err=True)
         raise typer.Exit(2)
     table = pd.DataFrame(read_json(path)).T
+    timing_file = path.parent / config.TIMING_JSON
+    if timing_file.exists():
+        table = table.join(pd.DataFrame(read_json(timing_file)).T)
     columns = [
         "n",
         "accuracy",
@@ -82,7 +88,7 @@ def metrics(
     ]
     table = table.reindex(index=models, columns=columns)
     table["n"] = table["n"].astype("Int64")
-    typer.echo(f"Held-out test split ({path}):")
+    typer.echo(f"Held-out test split ({path}; times of this machine from {timing_file}):")
     typer.echo(table.to_string(na_rep="-", float_format=lambda value: f"{value:.4g}"))
 
 
@@ -130,9 +136,16 @@ def serve(
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
     # Logging is the app's (JSON lines, one per request): uvicorn's own access log would
-    # repeat each request without its id.
+    # repeat each request without its id. h11 reads request heads up to header_read_bytes
+    # whole, so that an oversized one gets the app's 431 instead of a cut connection.
     uvicorn.run(
-        application, host=settings.host, port=settings.port, log_config=None, access_log=False
+        application,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        http="h11",
+        h11_max_incomplete_event_size=settings.header_read_bytes,
     )
 
 

@@ -37,6 +37,9 @@ FUSION_DIR = MODELS_DIR / "fusion"
 BUNDLE_DIR = MODELS_DIR / "bundle"
 
 METRICS_DIR = Path("metrics")
+# Measured prediction times of the last predict stage on this machine: not a DVC output (the
+# same run gives other times), git-ignored.
+TIMING_JSON = "timing.json"
 PLOTS_DIR = Path("plots")
 DVCLIVE_DIR = Path("dvclive")
 REPORTS_DIR = Path("reports")  # `rakuten-classifier report` comparisons (git-ignored)

@@ -1,11 +1,8 @@
-"""Data: reading and validating the challenge CSVs, importing raw data, building the splits."""
+"""Data: reading and validating the challenge CSVs, checking the photos, building the splits."""
 
 from __future__ import annotations
 
-import shutil
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +13,11 @@ from tqdm import tqdm
 from rakuten_classifier import config
 from rakuten_classifier.config import logger
 from rakuten_classifier.files import atomic_dir, atomic_path, read_json, write_json
-from rakuten_classifier.image import ImageError, inspect_image, read_photo
-from rakuten_classifier.text import product_text
+from rakuten_classifier.labels import TARGET, LabelMap, category_names
+from rakuten_classifier.preprocess import check_photo, has_visible_text, product_text
 
 X_COLUMNS = ("designation", "description", "productid", "imageid")
 ID_COLUMNS = ("productid", "imageid")
-TARGET = "prdtypecode"
 
 
 class DataError(ValueError):
@@ -108,7 +104,7 @@ def read_products(path: Path) -> pd.DataFrame:
     frame = frame[list(X_COLUMNS)].copy()
     for column in ID_COLUMNS:
         frame[column] = _integer_column(frame, column, path)
-    empty = frame["designation"].fillna("").str.strip() == ""
+    empty = ~frame["designation"].map(has_visible_text)
     if empty.any():
         raise DataError(path, "empty designation", column="designation", row=frame.index[empty][0])
     frame["description"] = frame["description"].fillna("")
@@ -144,19 +140,9 @@ def image_paths(products: pd.DataFrame, image_dir: Path) -> list[Path]:
     ]
 
 
-def _image_problem(path: Path) -> str | None:
-    try:
-        data = read_photo(path, missing_ok=True)
-        if data is None:
-            return "missing"
-        inspect_image(data)
-    except ImageError as error:
-        return str(error)
-    return None
-
-
 def check_images(paths: list[Path], workers: int = 4, chunk: int = 1024) -> list[str | None]:
-    """For each photo, None if usable, else why not (missing, unknown format, too large...)."""
+    """For each photo, None if usable, else why not (missing, unknown format, too large,
+    truncated...): every photo is decoded, so what passes here decodes in training too."""
     problems: list[str | None] = []
     with (
         ThreadPoolExecutor(max_workers=workers) as pool,
@@ -165,86 +151,12 @@ def check_images(paths: list[Path], workers: int = 4, chunk: int = 1024) -> list
         # A chunk at a time: Executor.map submits every task at once, and ~99k pending
         # futures alone hold 160 MB.
         for start in range(0, len(paths), chunk):
-            problems.extend(pool.map(_image_problem, paths[start : start + chunk]))
+            problems.extend(pool.map(check_photo, paths[start : start + chunk]))
             bar.update(min(chunk, len(paths) - start))
     return problems
 
 
-# --- the import_raw stage -------------------------------------------------------------------
-
-CHALLENGE_FILES = (config.X_TRAIN_CSV, config.Y_TRAIN_CSV, config.X_TEST_CSV)
-METADATA_FILES = (config.CATEGORIES_CSV, config.CLASS_COUNTS_CSV)
-
-
-# Fixed member dates: the same photos always give the same archive, byte for byte.
-_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
-
-
-def archive_photos(images_dir: Path, dest: Path) -> int:
-    """The photos of `images_dir/image_train` and `images_dir/image_test` as one zip archive
-    (`image_train/<name>`, `image_test/<name>`), stored uncompressed: JPEGs do not compress,
-    and reading a member then costs a seek. Returns the number of photos."""
-    count = 0
-    with zipfile.ZipFile(dest, "w", zipfile.ZIP_STORED) as archive:
-        for split in (config.IMAGE_TRAIN_DIR.name, config.IMAGE_TEST_DIR.name):
-            folder = Path(images_dir) / split
-            for path in sorted(folder.iterdir()) if folder.is_dir() else ():
-                if path.is_file():
-                    info = zipfile.ZipInfo(f"{split}/{path.name}", date_time=_ZIP_DATE)
-                    info.external_attr = 0o644 << 16
-                    with path.open("rb") as source, archive.open(info, "w") as target:
-                        shutil.copyfileobj(source, target, 1 << 20)
-                    count += 1
-    return count
-
-
-def import_sample(sample_dir: Path, out_dir: Path) -> Path:
-    """The embedded sample into `out_dir`: its CSVs, and its photos as images.zip."""
-    sample_dir = Path(sample_dir)
-    for name in CHALLENGE_FILES:
-        if not (sample_dir / name).exists():
-            raise DataError(sample_dir / name, "file not found in the sample folder")
-    with atomic_dir(out_dir) as tmp:
-        for name in CHALLENGE_FILES + METADATA_FILES:
-            if (sample_dir / name).exists():
-                shutil.copy2(sample_dir / name, tmp / name)
-        archive_photos(sample_dir / config.IMAGE_TRAIN_DIR.parent, tmp / config.IMAGES_ZIP)
-    logger.info("imported the sample from %s into %s", sample_dir, out_dir)
-    return Path(out_dir)
-
-
 # --- the make_dataset stage -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LabelMap:
-    """The classes in model order: output k of every model is the product type `codes[k]`."""
-
-    codes: tuple[int, ...]
-    names: dict[int, str]
-
-    def index(self, codes: pd.Series) -> pd.Series:
-        lookup = {code: k for k, code in enumerate(self.codes)}
-        return codes.map(lookup).astype("int64")
-
-    def name(self, code: int) -> str:
-        return self.names.get(code, str(code))
-
-    def to_json(self) -> dict[str, Any]:
-        return {"codes": list(self.codes), "names": {str(c): n for c, n in self.names.items()}}
-
-    @classmethod
-    def from_json(cls, payload: dict[str, Any]) -> LabelMap:
-        names = {int(code): name for code, name in payload.get("names", {}).items()}
-        return cls(tuple(int(code) for code in payload["codes"]), names)
-
-
-def category_names(path: Path) -> dict[int, str]:
-    """Community-inferred category names (Rakuten never published official ones), if present."""
-    if not Path(path).exists():
-        return {}
-    frame = pd.read_csv(path)
-    return dict(zip(frame[TARGET].astype(int), frame["name"].astype(str), strict=True))
 
 
 def product_frame(products: pd.DataFrame, image_dir: Path, check: bool = True) -> pd.DataFrame:
@@ -329,32 +241,3 @@ def write_predictions_csv(path: Path, frame: pd.DataFrame) -> None:
     """The challenge's prediction layout: the products' index, prdtypecode, probability."""
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=True, index_label="")
-
-
-def import_raw(params: dict[str, Any], out_dir: Path = config.RAW_DIR) -> Path:
-    """The import_raw stage: the challenge files into `out_dir`, from the configured source."""
-    source = params["source"]
-    if source == "sample":
-        return import_sample(Path(params["sample_dir"]), out_dir)
-    if source == "huggingface":
-        from rakuten_classifier.download import fetch_challenge_data
-
-        # Downloads land in a cache outside data/raw (DVC deletes a stage's outputs before it
-        # runs), so an interrupted download resumes and a finished one is not fetched again.
-        with atomic_dir(out_dir) as tmp:
-            fetch_challenge_data(
-                params["hf_base_url"],
-                tmp,
-                config.DOWNLOAD_CACHE_DIR,
-                checksums=params.get("checksums") or None,
-            )
-            # The extracted photos, checked and laid out, repacked as one file for DVC.
-            photos = archive_photos(tmp / config.IMAGE_TRAIN_DIR.parent, tmp / config.IMAGES_ZIP)
-            shutil.rmtree(tmp / config.IMAGE_TRAIN_DIR.parent)
-            logger.info("%d photos archived in %s", photos, config.IMAGES_ZIP)
-            # Project metadata (category names, full class counts) is not part of the download.
-            for name in METADATA_FILES:
-                if (Path(params["sample_dir"]) / name).exists():
-                    shutil.copy2(Path(params["sample_dir"]) / name, tmp / name)
-        return Path(out_dir)
-    raise ValueError(f"params.yaml data.source: unknown '{source}' (sample or huggingface)")

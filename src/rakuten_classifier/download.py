@@ -1,8 +1,6 @@
-"""Robust download of the full Rakuten France challenge data set (Hugging Face mirror).
+"""A resumable HTTP client: one file at a time, from a URL to a verified local file.
 
-The DVC stage ``import_raw`` calls :func:`fetch_challenge_data`. DVC deletes a stage's outputs
-before running it, so finished and partial downloads live in a separate ``cache_dir``: an
-interrupted 2.5 GB download resumes where it stopped and a finished one is not fetched again.
+The import_raw stage (`raw_import`) fetches the full challenge data set with it.
 
 Guarantees:
 - a partial download never looks finished: bytes go to ``<name>.part``, which is renamed only
@@ -20,32 +18,20 @@ import errno
 import hashlib
 import os
 import re
-import shutil
 import socket
 import time
-import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
-from typing import Any
-from urllib.parse import quote, urlsplit
+from pathlib import Path
 
 import requests
 from tqdm import tqdm
 
 from rakuten_classifier.config import logger
-from rakuten_classifier.files import atomic_dir, atomic_path, sha256_file
+from rakuten_classifier.files import sha256_file
 
-CHALLENGE_FILES: tuple[str, ...] = (
-    "X_train_update.csv",
-    "Y_train_CVw08PX.csv",
-    "X_test_update.csv",
-    "images.zip",
-)
-SPLITS: tuple[str, ...] = ("image_train", "image_test")
-
-_CHUNK = 1024 * 1024  # for local reads (hashing, extraction)
+_CHUNK = 1024 * 1024  # for local reads (hashing)
 # When a connection is cut, urllib3 drops the read buffer it was filling: small network chunks
 # keep almost everything that was received for the resume.
 _NET_CHUNK = 64 * 1024
@@ -60,8 +46,6 @@ _CONNECT_GIVE_UP_S = 20.0
 _USER_AGENT = "rakuten-classifier (python-requests)"
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _CONTENT_RANGE_RE = re.compile(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)\s*$", re.IGNORECASE)
-_IMAGE_SUFFIXES = (".jpg", ".jpeg")
-_JUNK_PARTS = {"__MACOSX", ".DS_Store", "Thumbs.db"}
 
 
 class DownloadError(RuntimeError):
@@ -93,10 +77,6 @@ class DownloadError(RuntimeError):
         super().__init__(
             f"Could not download {url}: {problem}. {advice}; or {manual}, then run again."
         )
-
-
-class ArchiveError(RuntimeError):
-    """The images archive is unusable (not a zip, unsafe member paths, wrong layout)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,10 +276,18 @@ class _Download:
             self._handle(resp, offset)
 
     def _handle(self, resp: requests.Response, offset: int) -> None:
-        status = resp.status_code
-        reason = f"HTTP {status} {resp.reason or ''}".strip()
-        chain = [*resp.history, resp]
+        """One answer: learn what the server says of the file, refuse or retry a failure,
+        then stream the body into .part (appending to it for a resumed range)."""
+        self._learn_advertised([*resp.history, resp], resp.status_code)
+        if self._part_was_complete(resp, offset):
+            return
+        self._check_status(resp)
+        offset, mode, body_length = self._write_mode(resp, offset)
+        received = self._stream_body(resp, offset, mode)
+        self._check_received(offset + received, received, body_length)
 
+    def _learn_advertised(self, chain: list[requests.Response], status: int) -> None:
+        """The sha256 and size Hugging Face advertises (X-Linked-*, on the redirect)."""
         advertised = _header(chain, "X-Linked-ETag")
         if advertised:
             # Not a sha256 (e.g. a git blob id): nothing to check against.
@@ -321,14 +309,21 @@ class _Download:
         if linked_size and linked_size.strip().isdigit():
             self._learn_total(int(linked_size), "the X-Linked-Size header")
 
-        if status == 416 and offset:
-            _, total = _parse_content_range(resp.headers.get("Content-Range"))
-            total = total if total is not None else self.total
-            if total == offset:
-                return  # the .part was already complete
-            logger.warning("Server refused to resume %s (HTTP 416); restarting", self.url)
-            self._reset_part()
-            raise _Restart
+    def _part_was_complete(self, resp: requests.Response, offset: int) -> bool:
+        """416 to a resume: the .part already held the whole file, or it is restarted."""
+        if resp.status_code != 416 or not offset:
+            return False
+        _, total = _parse_content_range(resp.headers.get("Content-Range"))
+        if (total if total is not None else self.total) == offset:
+            return True
+        logger.warning("Server refused to resume %s (HTTP 416); restarting", self.url)
+        self._reset_part()
+        raise _Restart
+
+    def _check_status(self, resp: requests.Response) -> None:
+        """Retry what may pass (408, 429, 5xx); fail at once, with advice, on other errors."""
+        status = resp.status_code
+        reason = f"HTTP {status} {resp.reason or ''}".strip()
         if status in (408, 429) or status >= 500:
             raise _Retry(
                 reason,
@@ -351,43 +346,44 @@ class _Download:
         if status not in (200, 206):
             raise self._error(f"unexpected answer {reason}", status=status)
 
+    def _write_mode(self, resp: requests.Response, offset: int) -> tuple[int, str, int | None]:
+        """(offset, file mode, body length): append after `offset` for a matching 206, else
+        write from byte 0; a range that does not start where asked restarts the file."""
         encoded = resp.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
         length_header = resp.headers.get("Content-Length", "")
         body_length = int(length_header) if length_header.isdigit() and not encoded else None
-
-        if status == 206:
-            start, total = _parse_content_range(resp.headers.get("Content-Range"))
-            if start != offset and offset == 0:
-                content_range = resp.headers.get("Content-Range")
-                raise self._error(
-                    f"unexpected partial answer (Content-Range {content_range!r}) to a request "
-                    "without Range",
-                    status=status,
-                )
-            if start != offset:
-                logger.warning(
-                    "Unexpected partial answer for %s (Content-Range %r, wanted byte %d); "
-                    "restarting",
-                    self.url,
-                    resp.headers.get("Content-Range"),
-                    offset,
-                )
-                self._reset_part()
-                raise _Restart
-            # In a 206 Content-Length is the length of the range, not of the file.
-            self._learn_total(total, "Content-Range")
-            mode = "ab"
-            self._sync_hasher(offset)
-        else:
+        if resp.status_code != 206:
             if offset:
                 logger.info("Server ignored the Range request for %s; restarting", self.url)
-            offset = 0
             self.hasher = hashlib.sha256()
             self.hashed = 0
             if body_length is not None:
                 self._learn_total(body_length, "Content-Length")
-            mode = "wb"
+            return 0, "wb", body_length
+        content_range = resp.headers.get("Content-Range")
+        start, total = _parse_content_range(content_range)
+        if start != offset and offset == 0:
+            raise self._error(
+                f"unexpected partial answer (Content-Range {content_range!r}) to a request "
+                "without Range",
+                status=resp.status_code,
+            )
+        if start != offset:
+            logger.warning(
+                "Unexpected partial answer for %s (Content-Range %r, wanted byte %d); restarting",
+                self.url,
+                content_range,
+                offset,
+            )
+            self._reset_part()
+            raise _Restart
+        # In a 206 Content-Length is the length of the range, not of the file.
+        self._learn_total(total, "Content-Range")
+        self._sync_hasher(offset)
+        return offset, "ab", body_length
 
+    def _stream_body(self, resp: requests.Response, offset: int, mode: str) -> int:
+        """Write the body into .part in small chunks, hashing as it goes; returns its size."""
         self._update_bar(offset)
         received = 0
         try:
@@ -414,8 +410,10 @@ class _Download:
                 f"cannot write {self.part} ({exc})",
                 hint="Check the free disk space and permissions of the download cache directory",
             ) from exc
+        return received
 
-        size = offset + received
+    def _check_received(self, size: int, received: int, body_length: int | None) -> None:
+        """A short body is retried (resumed); one longer than the file is an error."""
         if body_length is not None and received < body_length:
             raise _Retry(f"incomplete body: got {received} of {body_length} bytes")
         if self.total is not None and size < self.total:
@@ -568,207 +566,3 @@ def download_file(
     os.replace(part, dest)
     logger.info("Saved %s (%d bytes, sha256 %s)", dest, dest.stat().st_size, digest)
     return dest
-
-
-# --------------------------------------------------------------------------------------------
-# Extracting the images archive
-# --------------------------------------------------------------------------------------------
-
-
-def _unsafe_member(name: str) -> bool:
-    # Zip slip: absolute paths, Windows drive letters and ".." could escape the output folder.
-    normalised = name.replace("\\", "/")
-    if normalised.startswith("/") or re.match(r"^[A-Za-z]:", normalised):
-        return True
-    return ".." in normalised.split("/")
-
-
-def _is_junk(parts: tuple[str, ...]) -> bool:
-    return any(p in _JUNK_PARTS for p in parts) or parts[-1].startswith("._")
-
-
-def _select_images(zf: zipfile.ZipFile, zip_path: Path) -> dict[str, list[zipfile.ZipInfo]]:
-    """Pick the JPEGs directly under ``<prefix>/image_train/`` and ``<prefix>/image_test/``."""
-    unsafe = [info.filename for info in zf.infolist() if _unsafe_member(info.filename)]
-    if unsafe:
-        raise ArchiveError(
-            f"{zip_path} contains unsafe member paths (absolute or with '..'), refusing to "
-            f"extract it: {unsafe[:5]}. Delete it and download it again from a trusted source."
-        )
-    by_prefix: dict[tuple[str, ...], dict[str, list[zipfile.ZipInfo]]] = {}
-    for info in zf.infolist():
-        if info.is_dir():
-            continue
-        parts = PurePosixPath(info.filename.replace("\\", "/")).parts
-        if len(parts) < 2 or _is_junk(parts) or not parts[-1].lower().endswith(_IMAGE_SUFFIXES):
-            continue
-        split = parts[-2]
-        if split in SPLITS:
-            by_prefix.setdefault(parts[:-2], {s: [] for s in SPLITS})[split].append(info)
-    if not any(groups["image_train"] for groups in by_prefix.values()):
-        raise ArchiveError(
-            f"{zip_path} has no JPEG under an image_train/ folder, so it is not the challenge "
-            "images archive. Check the base URL in params.yaml (data.hf_base_url), or delete "
-            f"{zip_path} so that it is downloaded again."
-        )
-    # Normally there is exactly one prefix ("", "images/", "images/images/"...); should there be
-    # several, the one holding the most training photos is the data set.
-    prefix = max(by_prefix, key=lambda k: len(by_prefix[k]["image_train"]))
-    if len(by_prefix) > 1:
-        others = sorted("/".join(k) or "<root>" for k in by_prefix if k != prefix)
-        logger.warning(
-            "%s: using images under %r, ignoring other folders %s",
-            zip_path,
-            "/".join(prefix) or "<root>",
-            others,
-        )
-    chosen = by_prefix[prefix]
-    if not chosen["image_test"]:
-        logger.warning("%s has no image_test/ photos", zip_path)
-    return chosen
-
-
-def _extract_members(
-    zf: zipfile.ZipFile,
-    zip_path: Path,
-    chosen: dict[str, list[zipfile.ZipInfo]],
-    dest: Path,
-    progress: bool,
-) -> dict[str, int]:
-    total = sum(len(members) for members in chosen.values())
-    counts: dict[str, int] = {}
-    with tqdm(
-        total=total,
-        unit="img",
-        desc=f"extract {zip_path.name}",
-        disable=None if progress else True,
-        leave=False,
-    ) as bar:
-        for split, members in chosen.items():
-            split_dir = dest / split
-            split_dir.mkdir()
-            names: set[str] = set()
-            for info in members:
-                name = PurePosixPath(info.filename.replace("\\", "/")).name
-                bar.update(1)
-                if name in names:
-                    logger.warning("%s: duplicate %s/%s skipped", zip_path, split, name)
-                    continue
-                names.add(name)
-                # Stream: members are copied in chunks, never read whole into memory;
-                # ZipExtFile checks each member's CRC when it reaches its end.
-                with zf.open(info) as src, (split_dir / name).open("wb") as dst:
-                    shutil.copyfileobj(src, dst, _CHUNK)
-            counts[split] = len(names)
-    return counts
-
-
-def extract_images(
-    zip_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, progress: bool = True
-) -> dict[str, int]:
-    """Extract the challenge photos into ``out_dir/images/image_train`` and ``.../image_test``.
-
-    The folder prefix inside the archive does not matter (it is found from the ``image_train/``
-    folder); junk such as ``__MACOSX/`` is skipped and archives with unsafe member paths are
-    refused. Members are streamed into a temporary folder next to ``out_dir/images`` that is
-    renamed into place only when everything succeeded, replacing any previous ``images/``.
-
-    Returns the number of photos per split: ``{"image_train": n, "image_test": m}``.
-    Raises ArchiveError when the archive is unusable.
-    """
-    zip_path = Path(zip_path)
-    out_dir = Path(out_dir)
-    target = out_dir / "images"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        zf = zipfile.ZipFile(zip_path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise ArchiveError(
-            f"cannot open {zip_path} as a zip archive ({exc}); delete it so that it is "
-            "downloaded again"
-        ) from exc
-    with zf:
-        chosen = _select_images(zf, zip_path)
-        try:
-            # The photos appear all at once, replacing any previous images/, or not at all.
-            with atomic_dir(target) as tmp:
-                counts = _extract_members(zf, zip_path, chosen, tmp, progress)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
-            raise ArchiveError(
-                f"{zip_path} is corrupt ({exc}); delete it so that it is downloaded again"
-            ) from exc
-    logger.info("Extracted %s into %s: %s", zip_path, target, counts)
-    return counts
-
-
-# --------------------------------------------------------------------------------------------
-# The whole challenge data set
-# --------------------------------------------------------------------------------------------
-
-
-def _join_url(base_url: str, name: str) -> str:
-    return base_url.rstrip("/") + "/" + quote(name)
-
-
-def fetch_challenge_data(
-    base_url: str,
-    out_dir: str | os.PathLike[str],
-    cache_dir: str | os.PathLike[str],
-    *,
-    files: Iterable[str] = CHALLENGE_FILES,
-    checksums: Mapping[str, str] | None = None,
-    **download_kwargs: Any,
-) -> Path:
-    """Download the challenge files into ``cache_dir`` and lay them out in ``out_dir``.
-
-    Every file of ``files`` is fetched from ``base_url`` + name with :func:`download_file`
-    (resumable, finished files reused, checked against ``checksums[name]`` when given); CSVs are
-    copied to ``out_dir`` and ``*.zip`` archives are extracted to ``out_dir/images/image_train``
-    and ``out_dir/images/image_test``. ``download_kwargs`` go to :func:`download_file`
-    (retries, backoff, timeout, session, progress). Returns ``out_dir``.
-    """
-    out_dir = Path(out_dir)
-    cache_dir = Path(cache_dir)
-    files = tuple(files)
-    if not base_url or urlsplit(base_url).scheme not in ("http", "https"):
-        raise DownloadError(
-            str(base_url),
-            "not an http(s) URL",
-            hint="Set the base URL in params.yaml (data.hf_base_url)",
-            manual=f"download {', '.join(files)} manually into {cache_dir}",
-        )
-    checksums = dict(checksums or {})
-    unknown = sorted(set(checksums) - set(files))
-    if unknown:
-        logger.warning("Checksums given for files that are not fetched: %s", unknown)
-    cache_abs, out_abs = cache_dir.resolve(), out_dir.resolve()
-    if cache_abs == out_abs or out_abs in cache_abs.parents:
-        logger.warning(
-            "Download cache %s is inside the output folder %s: DVC deletes it before each run, "
-            "so interrupted downloads cannot resume",
-            cache_dir,
-            out_dir,
-        )
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    # Download everything first: a network failure then leaves out_dir untouched.
-    local = {
-        name: download_file(
-            _join_url(base_url, name),
-            cache_dir / name,
-            expected_sha256=checksums.get(name),
-            **download_kwargs,
-        )
-        for name in files
-    }
-    for name, path in local.items():
-        if name.lower().endswith(".zip"):
-            extract_images(path, out_dir, progress=download_kwargs.get("progress", True))
-        else:
-            # Copy (not hardlink): DVC may make its outputs read-only or move them into its
-            # cache, and the download cache must stay intact for the next run.
-            with atomic_path(out_dir / name) as tmp:
-                shutil.copyfile(path, tmp)
-    logger.info("Challenge data ready in %s", out_dir)
-    return out_dir

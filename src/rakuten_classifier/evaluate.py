@@ -1,6 +1,11 @@
 """The predict stage: evaluate the trained parts on the held-out test split, draw the plots,
 build models/bundle and predict the unlabelled products. The parts are evaluated assembled as a
-bundle and loaded through `load_bundle`: the code path the API and the batch command serve."""
+bundle and loaded through `load_bundle`: the code path the API and the batch command serve.
+
+The scores go to metrics/test.json, a DVC output whose bytes depend only on code, params and
+data. How long a prediction took depends on the machine and on what else runs on it, so the
+measured times go to metrics/timing.json instead, a git-ignored file of this machine's.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from rakuten_classifier import config, image, text
+from rakuten_classifier import config, recipes
 from rakuten_classifier.bundle import (
     Bundle,
     assemble_bundle,
@@ -31,17 +36,17 @@ from rakuten_classifier.metrics import (
     read_dvclive_history,
     time_per_product,
 )
-from rakuten_classifier.text import product_text
+from rakuten_classifier.preprocess import product_text, read_photo
 
 
 def evaluate_bundle(
-    bundle: Bundle, test: pd.DataFrame, batch_size: int, singles: int
+    bundle: Bundle, test: pd.DataFrame, batch_size: int
 ) -> tuple[dict[str, Any], dict[str, pd.DataFrame], pd.DataFrame]:
-    """Score text, image and fusion on a labelled split, each with its measured inference time.
+    """Score text, image and fusion on a labelled split.
 
-    Returns the metrics (for metrics/*.json), the per-class scores, and per product its actual
-    and predicted product type codes (`image` empty where there is no photo). The image model is
-    scored on the products that have a photo; text and fusion on all of them.
+    Returns the metrics (for metrics/test.json), the per-class scores, and per product its
+    actual and predicted product type codes (`image` empty where there is no photo). The image
+    model is scored on the products that have a photo; text and fusion on all of them.
     """
     _, prediction = predict_frame(bundle, test, batch_size)
     y = test["label"].to_numpy()
@@ -60,30 +65,6 @@ def evaluate_bundle(
         metrics["image"] = classification_scores(y[used], predicted["image"])
         metrics["fusion_with_photo"] = classification_scores(y[used], predicted["fusion"][used])
 
-    rows = list(test[["designation", "description", "image_path"]].itertuples(index=False))
-    photo_rows = [row for row, has in zip(rows, used, strict=True) if has]
-
-    def text_only(batch: Sequence[Any]) -> Any:
-        return bundle.text.predict_proba(
-            [product_text(r.designation, r.description) for r in batch]
-        )
-
-    def image_only(batch: Sequence[Any]) -> Any:
-        pixels = np.stack([bundle.image.decode(image.read_photo(r.image_path)) for r in batch])
-        return bundle.image.predict_proba(pixels)
-
-    def fused(batch: Sequence[Any]) -> Any:
-        images = [image.read_photo(r.image_path, missing_ok=True) for r in batch]
-        return bundle.predict_products(
-            [r.designation for r in batch], [r.description for r in batch], images
-        )
-
-    # Fusion is timed on products with a photo (text and image both run) when there are any.
-    metrics["text"].update(time_per_product(text_only, rows, batch_size, singles))
-    metrics["fusion"].update(time_per_product(fused, photo_rows or rows, batch_size, singles))
-    if photo_rows:
-        metrics["image"].update(time_per_product(image_only, photo_rows, batch_size, singles))
-
     per_class = {
         name: per_class_scores(y if name != "image" else y[used], classes, bundle.labels)
         for name, classes in predicted.items()
@@ -101,6 +82,38 @@ def evaluate_bundle(
     if used.any():
         outcomes.loc[used, "image"] = codes[predicted["image"]]
     return metrics, per_class, outcomes
+
+
+def time_bundle(
+    bundle: Bundle, products: pd.DataFrame, batch_size: int, singles: int
+) -> dict[str, dict[str, float]]:
+    """Milliseconds per product of text, image and fusion, in batches and one at a time (the
+    API's case). The image model and the fusion are timed on products that have a photo."""
+    rows = list(products[["designation", "description", "image_path"]].itertuples(index=False))
+    photo_rows = [row for row, has in zip(rows, products["has_image"], strict=True) if has]
+
+    def text_only(batch: Sequence[Any]) -> Any:
+        return bundle.text.predict_proba(
+            [product_text(r.designation, r.description) for r in batch]
+        )
+
+    def image_only(batch: Sequence[Any]) -> Any:
+        pixels = np.stack([bundle.image.decode(read_photo(r.image_path)) for r in batch])
+        return bundle.image.predict_proba(pixels)
+
+    def fused(batch: Sequence[Any]) -> Any:
+        images = [read_photo(r.image_path, missing_ok=True) for r in batch]
+        return bundle.predict_products(
+            [r.designation for r in batch], [r.description for r in batch], images
+        )
+
+    timing = {
+        "text": time_per_product(text_only, rows, batch_size, singles),
+        "fusion": time_per_product(fused, photo_rows or rows, batch_size, singles),
+    }
+    if photo_rows and bundle.image is not None:
+        timing["image"] = time_per_product(image_only, photo_rows, batch_size, singles)
+    return timing
 
 
 def run(
@@ -125,6 +138,9 @@ def run(
         assemble_bundle(evaluated_dir, components, labels, params)
         evaluated = load_bundle(evaluated_dir)
         metrics, per_class, outcomes = evaluate_bundle(
+            evaluated, splits["test"], stage["batch_size"]
+        )
+        timing = time_bundle(
             evaluated, splits["test"], stage["batch_size"], stage["timing_singles"]
         )
         training = {
@@ -155,6 +171,7 @@ def run(
         )
 
     write_json(Path(metrics_dir) / "test.json", metrics)
+    write_json(Path(metrics_dir) / config.TIMING_JSON, timing)
     table = pd.concat([frame.assign(model=name) for name, frame in per_class.items()])
     with atomic_path(Path(metrics_dir) / "per_class.csv") as tmp_csv:
         table.to_csv(tmp_csv, index=False)
@@ -172,10 +189,13 @@ def refit_components(
     scratch: Path,
 ) -> dict[str, Path]:
     """Text and image models retrained on every labelled product with the evaluated recipe;
-    the fusion learned on validation is kept as it is (no held-out rows are left to refit it)."""
+    the fusion learned on held-out predictions is kept as it is (no held-out rows are left)."""
     refit = {"text": scratch / "text", "image": scratch / "image", "fusion": evaluated["fusion"]}
-    text.refit(params, labelled, n_classes, evaluated["text"], refit["text"])
-    image.refit(params, labelled, n_classes, features_dir, evaluated["image"], refit["image"])
+    for recipe in (recipes.TEXT, recipes.IMAGE):
+        name = recipe.modality
+        recipes.refit(
+            recipe, params, labelled, n_classes, features_dir, evaluated[name], refit[name]
+        )
     return refit
 
 

@@ -53,7 +53,9 @@ def atomic_dir(dest: Path) -> Iterator[Path]:
 def write_json(path: Path, obj: Any) -> None:
     """Pretty, key-sorted JSON (stable diffs in git and `dvc metrics diff`), written atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+        tmp.write_text(
+            json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
 
 
 def read_json(path: Path) -> Any:

@@ -1,132 +1,35 @@
-"""Images: the one decoder every path shares, the tf.data pipeline, and the image classifier.
-
-`decode_image` turns a photo's bytes into the model's input. The training pipeline, evaluation,
-the batch command and the API all call it, so a photo looks the same to the model everywhere.
+"""Images: the tf.data pipeline, the backbones, the image classifier, and the image_features
+and train_image stages. Photos are read and decoded by `preprocess`, the decoder every path
+shares, so a photo looks the same to the model in training, evaluation and serving.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import io
-import os
-import threading
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
+from rakuten_classifier.calibration import fit_temperature, log_probabilities, softmax
 from rakuten_classifier.config import logger
-from rakuten_classifier.files import atomic_dir, atomic_path, read_json, write_json
-from rakuten_classifier.fusion import softmax
-from rakuten_classifier.training import InferenceFunction
+from rakuten_classifier.data import load_labels, load_split
+from rakuten_classifier.files import atomic_dir, read_json, write_json
+from rakuten_classifier.metrics import classification_scores
+from rakuten_classifier.preprocess import decode_image, read_photo
+from rakuten_classifier.training import (
+    InferenceFunction,
+    balanced_class_weights,
+    compile_classifier,
+    fit_keras,
+    save_keras_model,
+    set_seeds,
+)
 
-# Formats Pillow decodes safely and that product photos come in.
-SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP"})
-# Above this a file is treated as a decompression bomb, before any pixel is decoded.
-MAX_PIXELS = 40_000_000
-# Product photos have white backgrounds: pad to a square with white rather than distort.
-PAD_COLOR = (255, 255, 255)
 # Length of the normalised feature vector the image head sees: 10 let the softmax reach
 # confident probabilities at the learning rates of params.yaml (5 and 20 did worse on the sample).
 HEAD_FEATURE_SCALE = 10.0
-
-
-class ImageError(ValueError):
-    """A photo that cannot be used; `kind` says why, for API status codes and metrics."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-# A photo is a file, or a member of a zip archive written as a path through the archive:
-# data/raw/images.zip/image_train/image_<imageid>_product_<productid>.jpg
-ARCHIVE_SUFFIX = ".zip"
-
-
-def split_archive_path(location: str | os.PathLike[str]) -> tuple[Path, str] | None:
-    """(archive file, member name) when `location` goes through a zip archive, else None."""
-    archive, separator, member = Path(location).as_posix().partition(ARCHIVE_SUFFIX + "/")
-    if separator and Path(archive + ARCHIVE_SUFFIX).is_file():
-        return Path(archive + ARCHIVE_SUFFIX), member
-    return None
-
-
-@functools.lru_cache(maxsize=4)
-def _open_archive(path: Path, mtime_ns: int, size: int) -> zipfile.ZipFile:
-    # One open archive per version of the file, shared by the decoding threads (reading
-    # members concurrently is safe): its directory of ~99k entries (60 MB) is parsed once.
-    return zipfile.ZipFile(path)
-
-
-# Threads starting together would each parse the archive before the cache holds it.
-_ARCHIVE_LOCK = threading.Lock()
-
-
-def read_photo(location: str | os.PathLike[str], missing_ok: bool = False) -> bytes | None:
-    """The bytes of a photo file or archive member. A missing photo raises ImageError
-    ("missing"), or gives None with `missing_ok`; an unreadable archive member is "corrupt"."""
-    inside = split_archive_path(location)
-    try:
-        if inside is None:
-            if Path(location).is_file():
-                return Path(location).read_bytes()
-        else:
-            archive, member = inside
-            stat = archive.stat()
-            with _ARCHIVE_LOCK:
-                opened = _open_archive(archive, stat.st_mtime_ns, stat.st_size)
-            with contextlib.suppress(KeyError):
-                return opened.read(member)
-    except (zipfile.BadZipFile, EOFError) as error:
-        raise ImageError("corrupt", f"{location}: unreadable in its archive ({error})") from error
-    if missing_ok:
-        return None
-    raise ImageError("missing", f"{location}: no such photo")
-
-
-def inspect_image(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[str, tuple[int, int]]:
-    """Format and size from the header alone (cheap): rejects non-images, unknown formats
-    and decompression bombs without decoding any pixel."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image_format, size = image.format, image.size
-    except (UnidentifiedImageError, Image.DecompressionBombError) as error:
-        if isinstance(error, Image.DecompressionBombError):
-            raise ImageError("too_many_pixels", f"image too large to decode ({error})") from error
-        raise ImageError("not_an_image", "not an image Pillow can read") from error
-    except OSError as error:
-        raise ImageError("corrupt", f"unreadable image header ({error})") from error
-    if image_format not in SUPPORTED_FORMATS:
-        raise ImageError(
-            "unsupported_format",
-            f"unsupported image format {image_format}; use one of {sorted(SUPPORTED_FORMATS)}",
-        )
-    if size[0] * size[1] > max_pixels:
-        raise ImageError(
-            "too_many_pixels", f"{size[0]}x{size[1]} pixels is over the limit of {max_pixels}"
-        )
-    return image_format, size
-
-
-def decode_image(data: bytes, size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Photo bytes to a `size x size x 3` uint8 RGB array: EXIF orientation applied, padded
-    to a square with white, resized bilinearly. Raises ImageError on anything unusable."""
-    inspect_image(data, max_pixels)
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            # JPEG can decode at 1/2, 1/4 or 1/8 scale directly: much faster for 500 -> 224.
-            image.draft("RGB", (size, size))
-            image = ImageOps.exif_transpose(image).convert("RGB")
-            image = ImageOps.pad(image, (size, size), Image.Resampling.BILINEAR, color=PAD_COLOR)
-            return np.asarray(image, dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ImageError("corrupt", f"cannot decode image ({error})") from error
 
 
 def image_dataset(
@@ -265,16 +168,6 @@ def build_image_model(backbone: Any, head: Any, params: dict[str, Any]) -> Any:
     return keras.Model(inputs, outputs, name=f"image_{params['backbone']}")
 
 
-def compile_model(model: Any, learning_rate: float) -> None:
-    import keras
-
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-
-
 class ImageModel:
     """A trained Keras image classifier and the input size its decoder must produce."""
 
@@ -287,8 +180,7 @@ class ImageModel:
         self.forward = InferenceFunction(model)
 
     def logits(self, pixels: np.ndarray) -> np.ndarray:
-        probabilities = self.forward(pixels.astype(np.float32), 32)
-        return np.log(probabilities.astype(np.float64) + 1e-12)
+        return log_probabilities(self.forward(pixels.astype(np.float32), 32))
 
     def predict_proba(self, pixels: np.ndarray) -> np.ndarray:
         return softmax(self.logits(pixels), self.temperature)
@@ -310,8 +202,7 @@ class ImageModel:
         """The same probabilities from cached backbone features, for a model whose backbone is
         frozen (the head alone runs: seconds instead of a backbone pass over every photo)."""
         head = InferenceFunction(self.model.get_layer("head"))
-        probabilities = head(features.astype(np.float32), 256)
-        return softmax(np.log(probabilities.astype(np.float64) + 1e-12), self.temperature)
+        return softmax(log_probabilities(head(features.astype(np.float32), 256)), self.temperature)
 
     def decode(self, data: bytes) -> np.ndarray:
         return decode_image(data, self.image_size)
@@ -327,8 +218,7 @@ def load_pixels(paths: list[str], size: int) -> np.ndarray:
 
 def save_image_model(model: ImageModel, out_dir: Path, extra: dict[str, Any]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / ImageModel.MODEL_FILE) as tmp:
-        model.model.save(tmp)
+    save_keras_model(model.model, out_dir / ImageModel.MODEL_FILE)
     write_json(
         out_dir / IMAGE_MODEL_JSON,
         {"image_size": model.image_size, "temperature": model.temperature, **extra},
@@ -350,7 +240,8 @@ def load_image_model(model_dir: Path) -> ImageModel:
 FEATURES_JSON = "features.json"
 
 
-def _photos(frame: Any, split: str) -> Any:
+def photo_rows(frame: pd.DataFrame, split: str = "labelled") -> pd.DataFrame:
+    """The products of `frame` that have a usable photo (an error if there is none)."""
     photos = frame[frame["has_image"]]
     if photos.empty:
         raise ValueError(f"no usable photo in the {split} split: cannot train an image model")
@@ -365,8 +256,6 @@ def extract_features(params: dict[str, Any], processed_dir: Path, out_dir: Path)
     photo of the labelled splits, computed once. Sweeps over the head (and every `dvc exp run`
     that keeps the backbone) reuse them instead of decoding and running the backbone again.
     A backbone trained from scratch has no fixed features: nothing is written then."""
-    from rakuten_classifier.data import load_split
-
     summary: dict[str, Any] = {"pretrained": is_pretrained(params)}
     with atomic_dir(out_dir) as tmp:
         if summary["pretrained"]:
@@ -374,7 +263,7 @@ def extract_features(params: dict[str, Any], processed_dir: Path, out_dir: Path)
                 build_backbone(params["backbone"], params["weights"], params["image_size"])
             )
             for name in LABELLED_SPLITS:
-                frame = _photos(load_split(name, processed_dir), name)
+                frame = photo_rows(load_split(name, processed_dir), name)
                 index, features = backbone_features(forward, frame, params["image_size"], name)
                 np.savez(tmp / f"{name}.npz", index=index, features=features)
                 summary[name] = {"photos": len(features), "dims": features.shape[1]}
@@ -447,8 +336,6 @@ def fit_image_model(
     """
     import tensorflow as tf
 
-    from rakuten_classifier.training import balanced_class_weights, fit_keras, set_seeds
-
     set_seeds(seed)
     size, batch_size = params["image_size"], params["batch_size"]
     class_weight = None
@@ -467,7 +354,7 @@ def fit_image_model(
 
     def fit(model: Any, phase: str, as_features: bool) -> None:
         settings = params[phase]
-        compile_model(model, settings["learning_rate"])
+        compile_classifier(model, settings["learning_rate"])
         if as_features:
             train_data, val_data = features(train[1], True), val and features(val[1], False)
         else:
@@ -506,12 +393,8 @@ def train(
 ) -> dict[str, float]:
     """The train_image stage: fit on the train photos, calibrate on the validation photos,
     save, and return the validation scores (on products that have a photo)."""
-    from rakuten_classifier.data import load_labels, load_split
-    from rakuten_classifier.fusion import fit_temperature
-    from rakuten_classifier.metrics import classification_scores
-
     n_classes = len(load_labels(processed_dir).codes)
-    frames = {name: _photos(load_split(name, processed_dir), name) for name in ("train", "val")}
+    frames = {name: photo_rows(load_split(name, processed_dir), name) for name in ("train", "val")}
     cached = {
         name: load_features(features_dir, frame) if is_pretrained(params) else None
         for name, frame in frames.items()
@@ -533,33 +416,23 @@ def train(
     return scores
 
 
-def fit_recipe(
-    params: dict[str, Any], photos: Any, n_classes: int, features_dir: Path, spec: dict[str, Any]
+def fit_from_spec(
+    params: dict[str, Any],
+    frame: pd.DataFrame,
+    n_classes: int,
+    spec: dict[str, Any],
+    features_dir: Path | None = None,
 ) -> ImageModel:
-    """The validated recipe (`spec`: its image_model.json) trained on other photos: for the
-    final refit and for out-of-fold predictions, with the validated epochs and temperature."""
+    """The validated recipe (`spec`: its image_model.json) trained on the photos of other rows
+    (`recipes` calls it for the final refit and out-of-fold predictions), with the validated
+    epochs and temperature."""
     image_params = params["train_image"]
+    photos = photo_rows(frame)
     cached = load_features(features_dir, photos) if is_pretrained(image_params) else None
     model, _ = fit_image_model(
         image_params, params["seed"], n_classes, (photos, cached), None, epochs=spec["epochs"]
     )
     model.temperature = spec["temperature"]
-    return model
-
-
-def refit(
-    params: dict[str, Any],
-    labelled: Any,
-    n_classes: int,
-    features_dir: Path,
-    evaluated_dir: Path,
-    out_dir: Path,
-) -> ImageModel:
-    """The evaluated recipe retrained on every labelled photo, for the final bundle."""
-    spec = read_json(Path(evaluated_dir) / IMAGE_MODEL_JSON)
-    photos = _photos(labelled, "labelled")
-    model = fit_recipe(params, photos, n_classes, features_dir, spec)
-    save_image_model(model, out_dir, {**spec, "trained_on": len(photos)})
     return model
 
 

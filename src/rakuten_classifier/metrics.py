@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,9 +17,7 @@ from sklearn.metrics import (
 )
 
 from rakuten_classifier.files import atomic_path
-
-if TYPE_CHECKING:
-    from rakuten_classifier.data import LabelMap
+from rakuten_classifier.labels import LabelMap
 
 
 def classification_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:

@@ -319,9 +319,11 @@ def _metrics_section(old: dict, new: dict, columns: list[str]) -> list[str]:
         "",
         "### Inference time",
         "",
-        *_table(["model", "timing", *columns, "change"], timings),
+        *(_table(["model", "timing", *columns, "change"], timings) if timings else []),
         f"Timings are measured on the machine that ran each side; changes within "
-        f"±{TIMING_NOISE:.0%} are noise. Compare them only between runs on the same machine.",
+        f"±{TIMING_NOISE:.0%} are noise. Runs of this version keep them out of their committed "
+        "files (metrics/timing.json is this machine's, git-ignored): compare speed with "
+        "`make bench` on one machine.",
         "",
     ]
 

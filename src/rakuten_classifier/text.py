@@ -1,58 +1,40 @@
-"""Text: French-aware cleaning, the fitted vocabularies, and the two text classifiers.
-
-`product_text` is the one place where a product's title and description become model input;
-make_dataset, the batch command and the API all call it, so training and serving agree.
+"""Text: the fitted vocabularies and the two text classifiers (TF-IDF + linear model, Keras
+network), and the train_text stage. Both take the model text that `preprocess.product_text`
+makes of a product's title and description.
 """
 
 from __future__ import annotations
 
-import html
-import math
 import re
 import string
-import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import joblib
 import numpy as np
+import pandas as pd
 from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, Pipeline
+from sklearn.svm import LinearSVC
 from stop_words import get_stop_words
 
+from rakuten_classifier.calibration import fit_temperature, log_probabilities, softmax
 from rakuten_classifier.config import logger
+from rakuten_classifier.data import load_labels, load_split
 from rakuten_classifier.files import atomic_path, read_json, write_json
-from rakuten_classifier.fusion import softmax
-from rakuten_classifier.training import InferenceFunction
+from rakuten_classifier.metrics import classification_scores
+from rakuten_classifier.preprocess import clean_text
+from rakuten_classifier.training import (
+    InferenceFunction,
+    balanced_class_weights,
+    compile_classifier,
+    fit_keras,
+    save_keras_model,
+    set_seeds,
+)
 from rakuten_classifier.word_vectors import MeanWordVector, VectorTable, load_vector_table
-
-_TAG = re.compile(r"<[^>]*>")
-_SPACE = re.compile(r"\s+")
-
-
-def clean_text(value: object) -> str:
-    """HTML unescaped and stripped, NFKC-normalised (accents kept), lowercased, spaces folded."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    text = str(value)
-    # Some descriptions are escaped twice (`&amp;#39;`): unescape until stable, at most twice.
-    for _ in range(2):
-        unescaped = html.unescape(text)
-        if unescaped == text:
-            break
-        text = unescaped
-    text = _TAG.sub(" ", text)
-    # NFKC folds ligatures and full-width forms but keeps "é" as one code point: accents carry
-    # meaning in French ("livre"/"livré") so they are not stripped.
-    text = unicodedata.normalize("NFKC", text).lower()
-    return _SPACE.sub(" ", text).strip()
-
-
-def product_text(designation: object, description: object) -> str:
-    """The model input of one product: its cleaned title, then its cleaned description."""
-    return " ".join(part for part in (clean_text(designation), clean_text(description)) if part)
-
 
 # --- fitted on the train split by the `tokenize` stage -------------------------------------
 
@@ -72,11 +54,21 @@ def stop_word_list(languages: list[str]) -> list[str]:
     return sorted(words)
 
 
+class StableTfidfVectorizer(TfidfVectorizer):
+    """TfidfVectorizer that pickles to the same bytes for the same fit: scikit-learn keeps the
+    memory address of its stop-word list (`_stop_words_id`, a cache key) in the object."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.pop("_stop_words_id", None)
+        return state
+
+
 def build_tfidf(params: dict[str, Any]) -> FeatureUnion:
     """Word and character n-gram TF-IDF side by side: characters cope with typos and plurals;
     with `word_vectors`, each text's mean French word vector too (words unseen in training)."""
     stop_words = stop_word_list(params.get("stop_words") or []) or None
-    word = TfidfVectorizer(
+    word = StableTfidfVectorizer(
         analyzer="word",
         token_pattern=WORD_PATTERN,
         ngram_range=(1, params["word_ngram_max"]),
@@ -86,7 +78,7 @@ def build_tfidf(params: dict[str, Any]) -> FeatureUnion:
         sublinear_tf=True,
         dtype=np.float32,
     )
-    char = TfidfVectorizer(
+    char = StableTfidfVectorizer(
         analyzer="char_wb",
         ngram_range=(params["char_ngram_min"], params["char_ngram_max"]),
         min_df=params["min_df"],
@@ -175,16 +167,14 @@ class KerasTextModel:
         self.forward = InferenceFunction(model)
 
     def logits(self, texts: list[str]) -> np.ndarray:
-        probabilities = self.forward(np.asarray(texts, dtype=object), 256)
         # The network ends in a softmax: its log-probabilities serve as logits.
-        return np.log(probabilities.astype(np.float64) + 1e-12)
+        return log_probabilities(self.forward(np.asarray(texts, dtype=object), 256))
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         return softmax(self.logits(texts), self.temperature)
 
     def save(self, out_dir: Path) -> None:
-        with atomic_path(out_dir / self.MODEL_FILE) as tmp:
-            self.model.save(tmp)
+        save_keras_model(self.model, out_dir / self.MODEL_FILE)
 
     @classmethod
     def load(cls, model_dir: Path, temperature: float) -> KerasTextModel:
@@ -227,9 +217,6 @@ def train_linear_text(
     seed: int,
 ) -> LinearTextModel:
     """A linear SVM or logistic regression on the (already fitted) TF-IDF features."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.svm import LinearSVC
-
     class_weight = params.get("class_weight")
     if params["classifier"] == "svm":
         classifier = LinearSVC(
@@ -296,11 +283,7 @@ def build_text_cnn(vocabulary: list[str], n_classes: int, params: dict[str, Any]
     features = layers.Dropout(params["dropout"])(features)
     outputs = layers.Dense(n_classes, activation="softmax", name="probabilities")(features)
     model = keras.Model(inputs, outputs, name="text_cnn")
-    model.compile(
-        optimizer=keras.optimizers.Adam(params["learning_rate"]),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+    compile_classifier(model, params["learning_rate"])
     return model
 
 
@@ -317,8 +300,6 @@ def train_cnn_text(
     """The Keras text network, early-stopped on `val`, or trained `epochs` epochs without it;
     returns the model and the number of epochs worth keeping."""
     import tensorflow as tf
-
-    from rakuten_classifier.training import balanced_class_weights, fit_keras, set_seeds
 
     set_seeds(seed)
 
@@ -377,10 +358,6 @@ def train(
 ) -> dict[str, float]:
     """The train_text stage: fit the selected model on train, calibrate it on validation,
     save it, and return (and log) its validation scores."""
-    from rakuten_classifier.data import load_labels, load_split
-    from rakuten_classifier.fusion import fit_temperature
-    from rakuten_classifier.metrics import classification_scores
-
     n_classes = len(load_labels(processed_dir).codes)
     train_split, val_split = load_split("train", processed_dir), load_split("val", processed_dir)
     train_data = (train_split["text"].tolist(), train_split["label"].to_numpy())
@@ -394,12 +371,16 @@ def train(
     return scores
 
 
-def fit_recipe(
-    params: dict[str, Any], frame: Any, n_classes: int, spec: dict[str, Any]
+def fit_from_spec(
+    params: dict[str, Any],
+    frame: pd.DataFrame,
+    n_classes: int,
+    spec: dict[str, Any],
+    features_dir: Path | None = None,
 ) -> TextModel:
     """The validated recipe (`spec`: its text_model.json) trained from scratch on other rows,
-    tokenizers included: for the final refit and for out-of-fold predictions. No validation
-    split is left, so the epoch count and temperature are the validated run's."""
+    tokenizers included (`recipes` calls it for the final refit and out-of-fold predictions).
+    No validation split is left, so the epoch count and temperature are the validated run's."""
     texts, labels = frame["text"].tolist(), frame["label"].to_numpy()
     tokenizers = fit_tokenizers(texts, params["tokenize"])
     model, _ = fit_text_model(
@@ -412,14 +393,4 @@ def fit_recipe(
         epochs=spec["epochs"] or None,
     )
     model.temperature = spec["temperature"]
-    return model
-
-
-def refit(
-    params: dict[str, Any], labelled: Any, n_classes: int, evaluated_dir: Path, out_dir: Path
-) -> TextModel:
-    """The evaluated recipe retrained on every labelled product, for the final bundle."""
-    spec = read_json(Path(evaluated_dir) / TEXT_MODEL_JSON)
-    model = fit_recipe(params, labelled, n_classes, spec)
-    save_text_model(model, out_dir, {**spec, "trained_on": len(labelled)})
     return model

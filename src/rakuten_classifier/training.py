@@ -1,13 +1,17 @@
-"""What every Keras model of the project shares: seeds, class weights, the fit loop, inference."""
+"""What every Keras model of the project shares: seeds, compilation, class weights, the fit
+loop, inference, and saving to a file whose bytes depend only on the model."""
 
 from __future__ import annotations
 
+import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rakuten_classifier.config import logger
+from rakuten_classifier.files import atomic_path
 
 
 def set_seeds(seed: int) -> None:
@@ -18,6 +22,19 @@ def set_seeds(seed: int) -> None:
 
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
+
+
+def compile_classifier(model: Any, learning_rate: float) -> None:
+    """Adam on sparse cross-entropy. No XLA: it compiles for the CPU it runs on, and the same
+    training would then give other weights on another machine."""
+    import keras
+
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=False,
+    )
 
 
 def balanced_class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
@@ -118,3 +135,49 @@ def log_scores(live: Any, prefix: str, scores: dict[str, float]) -> None:
     """Final scores into the stage's DVCLive metrics.json (what `dvc exp show` lists)."""
     for name, value in scores.items():
         live.log_metric(f"{prefix}/{name}", value, plot=False)
+
+
+# --- saving -------------------------------------------------------------------------------------
+
+# Zip member dates of a saved model: fixed, so the file depends only on the model.
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+
+
+def _renumber_shared_objects(node: Any, numbers: dict[int, int]) -> None:
+    """Keras names objects shared between layers by their memory address (`id()`): the same
+    model saved twice gets other numbers. Number them in order of appearance instead."""
+    if isinstance(node, dict):
+        if "shared_object_id" in node:
+            node["shared_object_id"] = numbers.setdefault(node["shared_object_id"], len(numbers))
+        for value in node.values():
+            _renumber_shared_objects(value, numbers)
+    elif isinstance(node, list):
+        for value in node:
+            _renumber_shared_objects(value, numbers)
+
+
+def _canonical_keras_archive(path: Path) -> None:
+    """Rewrite a `.keras` file without what changes from one save to the next: the save date in
+    metadata.json, memory addresses in config.json, member dates in the zip."""
+    with zipfile.ZipFile(path) as archive:
+        members = {info.filename: archive.read(info) for info in archive.infolist()}
+    metadata = json.loads(members["metadata.json"])
+    metadata.pop("date_saved", None)
+    members["metadata.json"] = json.dumps(metadata, sort_keys=True).encode()
+    config = json.loads(members["config.json"])
+    _renumber_shared_objects(config, {})
+    members["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name in sorted(members):
+            info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, members[name])
+
+
+def save_keras_model(model: Any, path: Path) -> None:
+    """Save a Keras model atomically as a `.keras` file whose bytes depend only on the model:
+    the same training gives the same file, which DVC then records once."""
+    with atomic_path(path) as tmp:
+        model.save(tmp)
+        _canonical_keras_archive(tmp)

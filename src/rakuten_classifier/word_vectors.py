@@ -170,8 +170,10 @@ class MeanWordVector(TransformerMixin, BaseEstimator):
         for index, text in enumerate(texts):
             rows = [self.rows_[w] for w in pattern.findall(text) if w in self.rows_]
             if rows:
-                mean = self.vectors_[rows].astype(np.float32).mean(axis=0)
-                norm = float(np.linalg.norm(mean))
+                mean = self.vectors_[rows].astype(np.float64).mean(axis=0)
+                # Summed here rather than by np.linalg.norm: BLAS picks its kernel by CPU, and
+                # the last bit of the norm would then differ between machines.
+                norm = float(np.sqrt(np.square(mean).sum()))
                 if norm > 0:
                     out[index] = mean * (self.weight / norm)
         return sparse.csr_matrix(out)

@@ -1,17 +1,19 @@
-"""Checks on what clients send, before any of it reaches the model: body sizes while the body
-streams in, then text lengths, photo sizes and formats (header only, with the package's
-`inspect_image`; the bundle decodes the photo itself, with the decoder every path shares)."""
+"""Checks on what clients send, before any of it reaches the model: header sizes, body sizes
+while the body streams in, then text lengths, photo sizes and formats (header only, with
+`preprocess.inspect_image`; the bundle decodes the photo itself, with the decoder every path
+shares)."""
 
 from __future__ import annotations
 
 import base64
-import binascii
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rakuten_classifier.image import ImageError, inspect_image
+from rakuten_classifier.preprocess import ImageError, has_visible_text, inspect_image
 from rakuten_classifier.serve.errors import IMAGE_STATUS, ApiError
 from rakuten_classifier.serve.settings import Settings
 
@@ -26,20 +28,42 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"the request body is over the limit of {limit} bytes ({allows})")
 
 
-class BodyLimit:
-    """ASGI middleware: a body-size limit per path (and what it allows, for the message). A
-    body declared (Content-Length) over it is refused before any byte of it is read; one that
-    streams in without a length (chunked) is cut off as soon as it goes over. Both end in a
-    JSON 413 from the app's error handler."""
+class RequestLimits:
+    """ASGI middleware: a limit on the request's headers, and a body-size limit per path (with
+    what it allows, for the message).
+
+    Headers over `max_header_bytes` get a JSON 431 before anything else runs. A body declared
+    (Content-Length) over its limit is refused before any byte of it is read; one that streams
+    in without a length (chunked) is cut off as soon as it goes over. Both end in a JSON 413
+    from the app's error handler.
+    """
 
     def __init__(
-        self, app: ASGIApp, limits: dict[str, tuple[int, str]], default: tuple[int, str]
+        self,
+        app: ASGIApp,
+        limits: dict[str, tuple[int, str]],
+        default: tuple[int, str],
+        max_header_bytes: int,
+        refused: Callable[[str], None],
     ) -> None:
         self.app, self.limits, self.default = app, limits, default
+        self.max_header_bytes = max_header_bytes
+        self.refused = refused  # counts a refusal by kind
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        header_bytes = sum(len(name) + len(value) for name, value in scope["headers"])
+        if header_bytes > self.max_header_bytes:
+            self.refused("headers_too_large")
+            body = {
+                "error": "headers_too_large",
+                "detail": f"the request's headers have {header_bytes} bytes; at most "
+                f"{self.max_header_bytes}",
+                "request_id": scope.get("state", {}).get("request_id", ""),
+            }
+            await JSONResponse(body, 431)(scope, receive, send)
             return
         limit, allows = self.limits.get(scope["path"], self.default)
         declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
@@ -78,11 +102,12 @@ def check_product(
 ) -> Product:
     """A product the model can take, or an ApiError naming the field and what is wrong."""
     description = description or ""
-    if not designation.strip():
+    if not has_visible_text(designation):
         raise ApiError(
             422,
             "empty_designation",
-            "designation is empty: every product needs its title",
+            "designation is missing, empty or made of invisible characters only: every "
+            "product needs its title",
             field="designation",
         )
     for name, text in (("designation", designation), ("description", description)):
@@ -134,5 +159,5 @@ def decode_base64(settings: Settings, text: str) -> bytes:
         )
     try:
         return base64.b64decode(text, validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or characters outside ASCII
         raise ApiError(422, "invalid_base64", "image is not valid base64", field="image") from None

@@ -1,12 +1,15 @@
-"""Who may call the API: bcrypt password checks, signed short-lived tokens, per-user rate limits."""
+"""Who may call the API: bcrypt password checks, signed short-lived tokens, rate limits, and the
+guard in front of the password check."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import secrets
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import bcrypt
@@ -91,10 +94,15 @@ class RateLimiter:
     MAX_KEYS = 10_000  # beyond this, buckets that are full again are forgotten
 
     def __init__(
-        self, per_minute: float, burst: int, clock: Callable[[], float] = time.monotonic
+        self,
+        per_minute: float,
+        burst: int,
+        clock: Callable[[], float] = time.monotonic,
+        kind: str = "rate_limited",
     ) -> None:
         self.rate = per_minute / 60.0
         self.burst = float(burst)
+        self.kind = kind
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()  # /token runs in worker threads
@@ -103,6 +111,21 @@ class RateLimiter:
         tokens, last = self._buckets.get(key, (self.burst, now))
         return min(self.burst, tokens + (now - last) * self.rate)
 
+    def _refuse(self, tokens: float, what: str) -> ApiError:
+        wait = (1.0 - tokens) / self.rate
+        return ApiError(
+            429,
+            self.kind,
+            f"too many {what}: at most {self.rate * 60:g} a minute "
+            f"(bursts of {self.burst:g}); retry in {wait:.1f} s",
+            headers={"Retry-After": str(math.ceil(wait))},
+        )
+
+    def _forget_full(self, now: float) -> None:
+        if len(self._buckets) > self.MAX_KEYS:
+            for key in [k for k in self._buckets if self._level(k, now) >= self.burst]:
+                del self._buckets[key]
+
     def check(self, key: str, what: str) -> None:
         """Take one token from `key`'s bucket, or refuse with 429 and when to retry."""
         with self._lock:
@@ -110,16 +133,77 @@ class RateLimiter:
             tokens = self._level(key, now)
             if tokens < 1.0:
                 self._buckets[key] = (tokens, now)
-                wait = (1.0 - tokens) / self.rate
-                raise ApiError(
-                    429,
-                    "rate_limited",
-                    f"too many {what}: at most {self.rate * 60:g} a minute "
-                    f"(bursts of {self.burst:g}); retry in {wait:.1f} s",
-                    headers={"Retry-After": str(math.ceil(wait))},
-                )
+                raise self._refuse(tokens, what)
             self._buckets[key] = (tokens - 1.0, now)
-            if len(self._buckets) > self.MAX_KEYS:
-                full = [k for k in self._buckets if self._level(k, now) >= self.burst]
-                for k in full:
-                    del self._buckets[k]
+            self._forget_full(now)
+
+    def require(self, key: str, what: str) -> None:
+        """Refuse with 429 if `key`'s bucket has no token, without taking one."""
+        with self._lock:
+            tokens = self._level(key, self._clock())
+        if tokens < 1.0:
+            raise self._refuse(tokens, what)
+
+    def spend(self, key: str) -> None:
+        """Take one token from `key`'s bucket if it has one (after the fact: never refuses)."""
+        with self._lock:
+            now = self._clock()
+            self._buckets[key] = (max(0.0, self._level(key, now) - 1.0), now)
+            self._forget_full(now)
+
+
+class LoginGuard:
+    """The password check behind limits that stop guessing before bcrypt runs:
+
+    - per client address, every attempt takes a token: one client cannot make the server spend
+      its cores on bcrypt;
+    - per username, every failed attempt takes a token, from whatever address: wrong passwords
+      in a row get 429 after the burst. This cannot lock the real user out for long: the next
+      attempt is allowed as soon as one token is back (60 / per_minute seconds), and a
+      successful login takes none.
+
+    bcrypt runs on one thread of its own, never on the event loop (it would stall every request)
+    nor on the model's thread (it would slow predictions); beyond `max_waiting` queued logins,
+    503.
+    """
+
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        per_client: RateLimiter,
+        per_user: RateLimiter,
+        max_waiting: int,
+    ) -> None:
+        self.authenticator = authenticator
+        self.per_client = per_client
+        self.per_user = per_user
+        self.max_waiting = max_waiting
+        self._waiting = 0
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="bcrypt")
+
+    async def login(self, username: str, password: str, client: str) -> bool:
+        """Whether the password is the user's; ApiError 429/503 when a limit refuses first."""
+        user_key = f"user:{username[:128]}"
+        self.per_client.check(f"client:{client}", "login attempts from this address")
+        self.per_user.require(user_key, "failed logins for this username")
+        if self._waiting >= self.max_waiting:
+            raise ApiError(
+                503,
+                "overloaded",
+                "too many logins are waiting for their password check; retry shortly",
+                headers={"Retry-After": "1"},
+            )
+        self._waiting += 1
+        try:
+            loop = asyncio.get_running_loop()
+            accepted = await loop.run_in_executor(
+                self._executor, self.authenticator.check, username, password
+            )
+        finally:
+            self._waiting -= 1
+        if not accepted:
+            self.per_user.spend(user_key)
+        return accepted
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

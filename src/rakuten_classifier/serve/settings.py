@@ -16,7 +16,7 @@ from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rakuten_classifier import config
-from rakuten_classifier.image import MAX_PIXELS
+from rakuten_classifier.preprocess import MAX_PIXELS
 
 ENV_PREFIX = "RAKUTEN_API_"
 MIN_SECRET_BYTES = 32
@@ -49,6 +49,18 @@ class Settings(BaseSettings):
     max_batch_bytes: int = Field(64_000_000, gt=0)
     rate_per_minute: float = Field(600, gt=0)
     rate_burst: int = Field(60, ge=1)
+    # POST /token: failed logins per username (from any address), and attempts per address.
+    login_failures_per_minute: float = Field(6, gt=0)
+    login_failures_burst: int = Field(5, ge=1)
+    login_per_minute: float = Field(30, gt=0)
+    login_burst: int = Field(10, ge=1)
+    # Logins waiting for the (single) bcrypt thread beyond which /token answers 503.
+    login_max_waiting: int = Field(8, ge=1)
+    # Request headers: over max_header_bytes (all names and values) the answer is 431. Heads up
+    # to header_read_bytes are read whole first, so the client gets that answer; longer ones
+    # are cut off by the HTTP server.
+    max_header_bytes: int = Field(16_384, gt=0)
+    header_read_bytes: int = Field(2_097_152, gt=0)
     # Products waiting for the model beyond which requests get 503 instead of queueing forever.
     max_pending: int = Field(1024, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] | None = None
