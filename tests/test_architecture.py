@@ -11,6 +11,8 @@ import pytest
 import yaml
 from conftest import REPO
 
+from rakuten_classifier.config import PIPELINE_PARAMS
+
 PACKAGE = "rakuten_classifier"
 SOURCE = REPO / "src" / PACKAGE
 STAGES = REPO / "stages"
@@ -171,3 +173,9 @@ def test_the_closure_follows_imports_inside_functions(tmp_path: Path) -> None:
     assert "src/rakuten_classifier/calibration.py" in closure  # through text.py
     assert "stages/_environment.py" in closure
     assert "src/rakuten_classifier/__init__.py" in closure
+
+
+def test_the_predict_stage_depends_on_every_params_section_the_bundle_records() -> None:
+    """A change to any section the manifest copies must rerun predict, or the bundle would
+    describe params it was not built with."""
+    assert dvc_stages()["predict"]["params"] == list(PIPELINE_PARAMS)

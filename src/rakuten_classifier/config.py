@@ -18,6 +18,18 @@ LOGGER_NAME = "rakuten_classifier"
 logger = logging.getLogger(LOGGER_NAME)
 
 PARAMS_FILE = Path("params.yaml")
+# The params.yaml sections a model bundle records (and the predict stage depends on): those
+# of the pipeline's stages, not `serve:` (the API's defaults, read by no stage).
+PIPELINE_PARAMS = (
+    "seed",
+    "data",
+    "make_dataset",
+    "tokenize",
+    "train_text",
+    "train_image",
+    "train_fusion",
+    "predict",
+)
 
 DATA_DIR = Path("data")
 SAMPLE_DIR = DATA_DIR / "sample"

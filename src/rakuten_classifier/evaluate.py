@@ -130,6 +130,8 @@ def run(
     the same recipe refit on every labelled product (`predict.refit`), or the evaluated parts
     themselves. Its manifest carries the held-out metrics and says how it was trained."""
     stage = params["predict"]
+    # What the bundle records: the pipeline's sections, all of which the stage depends on.
+    params = {section: params[section] for section in config.PIPELINE_PARAMS if section in params}
     labels = load_labels(processed_dir)
     components = {name: Path(models_dir) / name for name in ("text", "image", "fusion")}
     splits = {name: load_split(name, processed_dir) for name in ("train", "val", "test")}
