@@ -9,7 +9,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export KERAS_BACKEND := tensorflow
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup run test test-fast lint lock bench-memory bench-dvc
+.PHONY: setup run test test-fast lint lock bench-memory bench-dvc mlflow-env mlflow lock-mlflow
 setup: $(STAMP)
 
 # The virtual environment is rebuilt only when the lock file or the project metadata change.
@@ -26,7 +26,8 @@ run: setup
 	$(BIN)/dvc repro
 	$(BIN)/rakuten-classifier metrics
 
-test: setup
+# The tests start a real MLflow server from its environment.
+test: setup mlflow-env
 	$(BIN)/pytest
 
 # The tests that need neither the pipeline run nor a server nor a long training: about a minute.
@@ -36,6 +37,26 @@ test-fast: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# The MLflow tracking and registry server runs from its own environment: full mlflow pins
+# pyarrow<26, which the project's cannot share (the project itself uses mlflow-skinny).
+MLFLOW_VENV := .venv-mlflow
+MLFLOW_STAMP := $(MLFLOW_VENV)/.installed
+$(MLFLOW_STAMP): deploy/mlflow/requirements.lock | $(STAMP)
+	python3 -m venv $(MLFLOW_VENV)
+	$(BIN)/uv pip install --python $(MLFLOW_VENV)/bin/python --quiet -r deploy/mlflow/requirements.lock
+	touch $@
+
+mlflow-env: $(MLFLOW_STAMP)
+
+# http://127.0.0.1:5000, SQLite and artifacts under mlruns/ (docs/registry.md for a team's
+# PostgreSQL and S3); Ctrl+C stops it.
+mlflow: mlflow-env
+	deploy/mlflow/serve.sh
+
+lock-mlflow: setup
+	$(BIN)/uv pip compile deploy/mlflow/requirements.in --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 -o deploy/mlflow/requirements.lock
 
 # Re-pin every dependency after editing pyproject.toml.
 lock: setup

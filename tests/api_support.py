@@ -83,18 +83,35 @@ def png_header(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
 
 
+def variant_bundle(
+    source: Path, dest: Path, image_weight: float, metric_shift: float = 0.0
+) -> Path:
+    """A copy of a real bundle with another photo weight (another model, another version)
+    and, for mechanics tests of the promotion gate, its recorded held-out scores moved by
+    `metric_shift` (overall and per product type)."""
+    shutil.copytree(source, dest)
+    fusion_file = dest / "fusion" / FUSION_JSON
+    fusion = {**read_json(fusion_file), "method": "weighted", "image_weight": image_weight}
+    write_json(fusion_file, fusion)
+    manifest = read_json(dest / MANIFEST_JSON)
+    manifest["files"][f"fusion/{FUSION_JSON}"] = sha256_file(fusion_file)
+    manifest["model_version"] = sha256_file(fusion_file)[:12]
+    for scores in manifest["metrics"].values():
+        for key in ("accuracy", "f1_weighted", "f1_macro"):
+            if key in scores:
+                scores[key] = round(min(1.0, max(0.0, scores[key] + metric_shift)), 4)
+    for scores in manifest["per_class_f1"].values():
+        for code in scores:
+            scores[code] = min(1.0, max(0.0, scores[code] + metric_shift))
+    write_json(dest / MANIFEST_JSON, manifest)
+    return dest
+
+
 @pytest.fixture(scope="session")
 def served_bundle(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The pipeline run's bundle with half the weight on the photo: on the tiny slice the
     fusion may learn to ignore photos (weight 0), and parity must hold where photos count."""
-    dest = tmp_path_factory.mktemp("served") / "bundle"
-    shutil.copytree(bundle_dir, dest)
-    fusion_file = dest / "fusion" / FUSION_JSON
-    write_json(fusion_file, {**read_json(fusion_file), "method": "weighted", "image_weight": 0.5})
-    manifest = read_json(dest / MANIFEST_JSON)
-    manifest["files"][f"fusion/{FUSION_JSON}"] = sha256_file(fusion_file)
-    write_json(dest / MANIFEST_JSON, manifest)
-    return dest
+    return variant_bundle(bundle_dir, tmp_path_factory.mktemp("served") / "bundle", 0.5)
 
 
 @pytest.fixture(scope="session")

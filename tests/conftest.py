@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-pytest_plugins = ["api_support"]
+pytest_plugins = ["api_support", "services"]
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
@@ -187,8 +187,12 @@ def slice_dir(pipeline_run: PipelineRun) -> Path:
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Converted weights and other caches go to a temporary folder, never the user's home."""
+    """Converted weights and other caches go to a temporary folder, never the user's home; so
+    does the prediction store of the in-process APIs (real servers get their own)."""
     os.environ["RAKUTEN_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    store = tmp_path_factory.mktemp("store")
+    os.environ["RAKUTEN_API_DATABASE_URL"] = f"sqlite:///{store / 'predictions.db'}"
+    os.environ["RAKUTEN_API_STORE_SPOOL_DIR"] = str(store / "spool")
 
 
 # Fixtures that run the pipeline or start a server: a test that uses any of them is slow.

@@ -134,9 +134,11 @@ def assemble_bundle(
     params: dict[str, Any],
     metrics: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
+    per_class_f1: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """Copy the trained components into `out_dir` and write its manifest. Nothing in it depends
-    on when or where it was built: the same components give the same bytes."""
+    on when or where it was built: the same components give the same bytes. `per_class_f1`
+    (model -> product type code -> held-out F1) is what the promotion gate compares."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in COMPONENTS:
@@ -156,6 +158,7 @@ def assemble_bundle(
             if (out_dir / name).exists()
         },
         "metrics": metrics or {},
+        "per_class_f1": per_class_f1 or {},
         "training": training or {},
         "files": files,
     }
@@ -163,8 +166,9 @@ def assemble_bundle(
     return manifest
 
 
-def load_bundle(path: Path = config.BUNDLE_DIR, verify: bool = True) -> Bundle:
-    """The one way to load a bundle: checks its format and, by default, every file's sha256."""
+def read_manifest(path: Path = config.BUNDLE_DIR, verify: bool = True) -> dict[str, Any]:
+    """A bundle's manifest, after checking its format and, by default, every file's sha256
+    (without loading any model: cheap, no TensorFlow)."""
     path = Path(path)
     if not (path / MANIFEST_JSON).exists():
         raise BundleError(
@@ -184,6 +188,13 @@ def load_bundle(path: Path = config.BUNDLE_DIR, verify: bool = True) -> Bundle:
                 raise BundleError(f"{file}: listed in the manifest but missing")
             if sha256_file(file) != digest:
                 raise BundleError(f"{file}: altered since the bundle was built (sha256 differs)")
+    return manifest
+
+
+def load_bundle(path: Path = config.BUNDLE_DIR, verify: bool = True) -> Bundle:
+    """The one way to load a bundle: checks its format and, by default, every file's sha256."""
+    path = Path(path)
+    manifest = read_manifest(path, verify)
     image = load_image_model(path / "image") if (path / "image").exists() else None
     bundle = Bundle(
         path=path,

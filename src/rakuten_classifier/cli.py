@@ -6,13 +6,14 @@ from pathlib import Path
 
 import typer
 
-from rakuten_classifier import config
+from rakuten_classifier import cli_production, config
 
 app = typer.Typer(
     help="Classify Rakuten France products (title, description, photo) into product types.",
     no_args_is_help=True,
     add_completion=False,
 )
+app.add_typer(cli_production.app)
 
 
 @app.callback()
@@ -95,17 +96,24 @@ def metrics(
 @app.command("hash-password")
 def hash_password(
     user: str = typer.Option(
-        None, help="Print USER:HASH, a line for RAKUTEN_API_USERS_FILE (or RAKUTEN_API_USERS)."
+        None, help="Print USER:HASH[:ROLES], a line for RAKUTEN_API_USERS_FILE."
+    ),
+    roles: str = typer.Option(
+        None, help="Roles joined with '+': predict, reviewer, admin [default: predict]."
     ),
     rounds: int = typer.Option(12, min=4, max=16, help="bcrypt cost: 2^rounds iterations."),
 ) -> None:
     """Make the bcrypt hash of an API user's password (asked twice, never echoed). Only the
-    hash goes to standard output, so `... --user alice >> api_users.txt` adds a user."""
+    line goes to standard output, so `... --user alice >> api_users.txt` adds a user."""
     from rakuten_classifier.serve.security import hash_password as make_hash
-    from rakuten_classifier.serve.settings import USERNAME
+    from rakuten_classifier.serve.settings import ROLES, USERNAME
 
     if user is not None and not USERNAME.match(user):
         typer.echo("error: a username is 1 to 64 letters, digits or ._@-", err=True)
+        raise typer.Exit(2)
+    wanted = [role for role in (roles or "").split("+") if role]
+    if unknown := sorted(set(wanted) - set(ROLES)):
+        typer.echo(f"error: unknown role(s) {', '.join(unknown)}: {', '.join(ROLES)}", err=True)
         raise typer.Exit(2)
     password = typer.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
     try:
@@ -113,7 +121,8 @@ def hash_password(
     except ValueError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
-    typer.echo(f"{user}:{hashed}" if user else hashed)
+    suffix = f":{'+'.join(wanted)}" if wanted else ""
+    typer.echo(f"{user}:{hashed}{suffix}" if user else hashed)
 
 
 @app.command()

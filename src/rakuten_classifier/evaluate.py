@@ -155,8 +155,14 @@ def run(
                 params, labelled, len(labels.codes), features_dir, components, Path(scratch)
             )
             training["trained_on"] = {name: len(frame) for name, frame in splits.items()}
+        per_class_f1 = {
+            model: dict(
+                zip(frame["prdtypecode"].astype(str), frame["f1"].astype(float), strict=True)
+            )
+            for model, frame in per_class.items()
+        }
         with atomic_dir(Path(models_dir) / "bundle") as out:
-            assemble_bundle(out, components, labels, params, metrics, training)
+            assemble_bundle(out, components, labels, params, metrics, training, per_class_f1)
     bundle = load_bundle(Path(models_dir) / "bundle")
     unlabelled = load_split(config.UNLABELLED, processed_dir)
     predictions, _ = predict_frame(bundle, unlabelled, stage["batch_size"])

@@ -34,6 +34,35 @@ def classification_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, f
     }
 
 
+def bootstrap_interval(
+    statistic: Callable[..., float],
+    *arrays: np.ndarray,
+    resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """A percentile bootstrap interval of `statistic(*arrays)`: the rows of all the arrays are
+    resampled together, so a statistic of paired columns (two models on the same products)
+    keeps them paired."""
+    count = len(arrays[0])
+    if count == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    values = np.array(
+        [
+            statistic(*(array[rows] for array in arrays))
+            for rows in rng.integers(0, count, size=(resamples, count))
+        ]
+    )
+    tail = (1.0 - confidence) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def weighted_f1_score(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    return float(f1_score(y_true, y_pred, average="weighted", zero_division=0))
+
+
 def per_class_scores(y_true: np.ndarray, y_pred: np.ndarray, labels: LabelMap) -> pd.DataFrame:
     """Precision, recall, F1 and support for every product type, by code and name."""
     classes = np.arange(len(labels.codes))
@@ -78,7 +107,7 @@ def time_per_product(
 # --- plots ----------------------------------------------------------------------------------
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -87,10 +116,10 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(figure: Any, path: Path) -> None:
+def save_figure(figure: Any, path: Path) -> None:
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    _pyplot().close(figure)
+    pyplot().close(figure)
 
 
 def plot_confusion(
@@ -98,7 +127,7 @@ def plot_confusion(
 ) -> None:
     """Row-normalised confusion matrix of product type codes (recall on the diagonal), with
     the counts written in the cells."""
-    plt = _pyplot()
+    plt = pyplot()
     classes = np.arange(len(labels.codes))
     counts = confusion_matrix(actual, predicted, labels=list(labels.codes))
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
@@ -116,12 +145,12 @@ def plot_confusion(
     axes.set_ylabel("actual")
     axes.set_title(title)
     figure.colorbar(shown, ax=axes, fraction=0.04, label="share of the actual class")
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def plot_per_class_f1(scores: dict[str, pd.DataFrame], path: Path, title: str) -> None:
     """One horizontal bar per product type and model, sorted by the last model's F1."""
-    plt = _pyplot()
+    plt = pyplot()
     last = next(reversed(scores.values()))
     order = last.sort_values("f1")["prdtypecode"].tolist()
     figure, axes = plt.subplots(figsize=(8, max(4.0, 0.3 * len(order) + 1)))
@@ -136,14 +165,14 @@ def plot_per_class_f1(scores: dict[str, pd.DataFrame], path: Path, title: str) -
     axes.set_xlabel("F1")
     axes.set_title(title)
     axes.legend(loc="lower right")
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def plot_f1_change(changes: dict[str, pd.DataFrame], path: Path, title: str) -> None:
     """How far each product type's F1 moved between two runs, one panel per model (green up,
     red down). Frames are indexed by product type code, with `name` and `change` columns; the
     rows follow the first model's change, so a class sits at the same height in every panel."""
-    plt = _pyplot()
+    plt = pyplot()
     first = next(iter(changes.values()))
     order = first["change"].fillna(0).sort_values().index.tolist()
     figure, grid = plt.subplots(
@@ -167,12 +196,12 @@ def plot_f1_change(changes: dict[str, pd.DataFrame], path: Path, title: str) -> 
     names = [f"{code} {first.at[code, 'name'][:28]}" for code in order]
     grid[0][0].set_yticks(positions, names, fontsize=7)
     figure.suptitle(title)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def plot_training_curves(histories: dict[str, pd.DataFrame], path: Path) -> None:
     """Loss and accuracy per epoch (train and validation) of each Keras model, side by side."""
-    plt = _pyplot()
+    plt = pyplot()
     histories = {name: frame for name, frame in histories.items() if len(frame)}
     if not histories:
         return
@@ -186,7 +215,7 @@ def plot_training_curves(histories: dict[str, pd.DataFrame], path: Path) -> None
             axes.set_title(f"{name}: {metric}")
             axes.set_xlabel("epoch")
             axes.legend()
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def read_dvclive_history(live_dir: Path) -> pd.DataFrame:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib import metadata
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,7 +21,7 @@ from starlette.exceptions import HTTPException
 from rakuten_classifier.bundle import Bundle
 from rakuten_classifier.serve.errors import ApiError
 from rakuten_classifier.serve.inputs import MAX_METADATA_CHARS, RequestLimits
-from rakuten_classifier.serve.routes import protected, public
+from rakuten_classifier.serve.routes import administering, predicting, public, reviewing
 from rakuten_classifier.serve.schemas import error_responses
 from rakuten_classifier.serve.service import Service
 from rakuten_classifier.serve.settings import Settings, load_settings
@@ -31,13 +32,17 @@ FORM_OVERHEAD_BYTES = 65_536  # multipart boundaries, headers and the metadata f
 HTTP_KINDS = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 
 
-def create_app(settings: Settings | None = None, bundle: Bundle | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    bundle: Bundle | None = None,
+    challenger: Bundle | None = None,
+) -> FastAPI:
     """The API for `settings` (default: environment and .env). Refuses to start without a
-    signing secret of 32 bytes or more and at least one user. The bundle (default: the one at
-    settings.bundle) is loaded once, here."""
+    signing secret of 32 bytes or more and at least one user. The models come from the
+    settings (local bundles or the registry) unless `bundle` (and `challenger`) are given."""
     settings = settings or load_settings()
     configure_logging(settings.log_level)
-    api = Service.build(settings, bundle)
+    api = Service.build(settings, bundle, challenger)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -47,7 +52,7 @@ def create_app(settings: Settings | None = None, bundle: Bundle | None = None) -
 
     app = FastAPI(
         title="Rakuten product type classifier",
-        version=api.bundle.version,
+        version=metadata.version("rakuten-classifier"),
         description="Predicts a Rakuten France product's type code from its title, "
         "description and photo. Get a token from POST /token, then send it as a Bearer token. "
         "Every endpoint may also answer 431 (headers too large).",
@@ -65,6 +70,7 @@ def create_app(settings: Settings | None = None, bundle: Bundle | None = None) -
                 f"{settings.max_text_chars} characters",
             ),
             "/predict/batch": (settings.max_batch_bytes, "split the batch"),
+            "/feedback": (SMALL_BODY_BYTES, "a product type and the product's identifiers"),
         },
         default=(SMALL_BODY_BYTES, "no upload on this endpoint"),
         max_header_bytes=settings.max_header_bytes,
@@ -72,8 +78,8 @@ def create_app(settings: Settings | None = None, bundle: Bundle | None = None) -
     )
     app.add_middleware(RequestContext, metrics=api.metrics)  # outermost: sees every response
     install_error_handlers(app, api.metrics)
-    app.include_router(public)
-    app.include_router(protected)
+    for router in (public, predicting, reviewing, administering):
+        app.include_router(router)
     app.openapi = lambda: openapi_schema(app, settings)  # type: ignore[method-assign]
     return app
 

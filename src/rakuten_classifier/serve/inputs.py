@@ -91,6 +91,14 @@ class Product:
     description: str
     image: bytes | None
     metadata: dict[str, str | int | None]
+    photo_size: tuple[int, int] | None = None  # width, height, from the photo's header
+
+    def key(self, fallback: str) -> str:
+        """What identifies the product for A/B routing: its id, else `fallback`."""
+        for name in ("product_id", "product_identifier"):
+            if self.metadata.get(name) not in (None, ""):
+                return f"{name}:{self.metadata[name]}"
+        return fallback
 
 
 def check_product(
@@ -126,13 +134,13 @@ def check_product(
                 f"{name} is over {MAX_METADATA_CHARS} characters",
                 field=name,
             )
-    if image is not None:
-        check_image(settings, image)
-    return Product(designation, description, image, metadata)
+    size = check_image(settings, image) if image is not None else None
+    return Product(designation, description, image, metadata, size)
 
 
-def check_image(settings: Settings, data: bytes) -> None:
-    """Size in bytes, then format and pixel count from the header, without decoding."""
+def check_image(settings: Settings, data: bytes) -> tuple[int, int]:
+    """Size in bytes, then format and pixel count from the header, without decoding; returns
+    the photo's width and height."""
     if len(data) > settings.max_upload_bytes:
         raise ApiError(
             413,
@@ -141,7 +149,7 @@ def check_image(settings: Settings, data: bytes) -> None:
             field="image",
         )
     try:
-        inspect_image(data, settings.max_pixels)
+        return inspect_image(data, settings.max_pixels)[1]
     except ImageError as error:
         raise ApiError(IMAGE_STATUS[error.kind], error.kind, f"image: {error}", "image") from None
 

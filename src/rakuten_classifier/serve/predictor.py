@@ -38,14 +38,22 @@ class _Job:
 
 
 class Predictor:
-    def __init__(self, bundle: Bundle, metrics: Metrics, max_pending: int) -> None:
+    def __init__(
+        self, bundle: Bundle, metrics: Metrics, max_pending: int, name: str = "model"
+    ) -> None:
         self.bundle = bundle
         self.metrics = metrics
+        self.name = name
         self.max_pending = max_pending
         self._pending = 0
         self._queue: asyncio.Queue[_Job] | None = None
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
+
+    @property
+    def pending(self) -> int:
+        """Products given to this predictor and not answered yet."""
+        return self._pending
 
     @property
     def running(self) -> bool:
@@ -54,7 +62,7 @@ class Predictor:
     async def start(self) -> None:
         """Start the worker after one warm-up call (the first TensorFlow call traces its graph:
         over a second that the first client would otherwise wait)."""
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="model")
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=self.name)
         photo = io.BytesIO()
         Image.new("RGB", (64, 64), "white").save(photo, "PNG")
         loop = asyncio.get_running_loop()
@@ -64,7 +72,12 @@ class Predictor:
         self._queue = asyncio.Queue()
         self._task = asyncio.create_task(self._work(), name="model-worker")
 
-    async def stop(self) -> None:
+    async def stop(self, drain_seconds: float = 30.0) -> None:
+        """Stop after the requests already given to this predictor are answered (at most
+        `drain_seconds`): a model swapped out finishes its work, no request fails."""
+        deadline = asyncio.get_running_loop().time() + drain_seconds
+        while self._pending and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

@@ -30,7 +30,8 @@ class ProductPrediction(BaseModel):
 
 
 class PredictResponse(ProductPrediction):
-    model_version: str
+    model_version: str = Field(description="The bundle that answered (its content hash)")
+    variant: str = Field(description="champion, or challenger (A/B testing)")
     latency_ms: float
 
 
@@ -58,6 +59,8 @@ class BatchRequest(BaseModel):
 class BatchItem(ProductPrediction):
     index: int
     status: int = 200
+    model_version: str
+    variant: str
 
 
 class BatchItemError(BaseModel):
@@ -69,7 +72,7 @@ class BatchItemError(BaseModel):
 
 
 class BatchResponse(BaseModel):
-    model_version: str
+    model_version: str = Field(description="The champion's (each result names its own model)")
     latency_ms: float
     succeeded: int
     failed: int
@@ -82,12 +85,45 @@ class TokenResponse(BaseModel):
     expires_in: int = Field(description="Seconds the token stays valid")
 
 
+class ServedModelInfo(BaseModel):
+    variant: str
+    model_version: str
+    registry_version: str | None
+    source: str
+
+
 class StatusResponse(BaseModel):
     status: str = Field(description="up, or down while the model is not running (503)")
-    model_version: str
+    model_version: str = Field(description="The champion's")
     classes: int
     image_model: bool
+    mode: str = Field(description="off, ab or shadow")
+    models: list[ServedModelInfo]
+    store_backlog: int = Field(description="Predictions and feedback not yet in the database")
     uptime_s: float
+
+
+class FeedbackRequest(BaseModel):
+    """The true product type of a product, as an administrator assigned it. Name the product
+    by at least one of its identifiers (as sent to /predict) or the prediction's request id."""
+
+    prdtypecode: StrictInt = Field(description="The true product type code")
+    product_identifier: StrictStr | None = Field(None, max_length=256)
+    product_id: StrictStr | StrictInt | None = None
+    request_id: StrictStr | None = Field(None, max_length=128)
+    comment: StrictStr | None = Field(None, max_length=2000)
+
+
+class FeedbackResponse(BaseModel):
+    feedback_id: str
+    status: str = Field(
+        description="accepted: on disk, written to the database as soon as it is available"
+    )
+
+
+class ReloadResponse(BaseModel):
+    changed: list[str] = Field(description="The variants whose model was swapped")
+    models: list[ServedModelInfo]
 
 
 class FieldProblem(BaseModel):
@@ -115,10 +151,11 @@ ERROR_MEANINGS = {
     413: "too_large, image_too_large, batch_too_large or too_many_pixels",
     415: "not_an_image or unsupported_format",
     422: "invalid_request (see fields), empty_designation, text_too_long, invalid_field, "
-    "corrupt, invalid_base64 or empty_batch",
+    "corrupt, invalid_base64, unknown_prdtypecode or missing_product",
     429: "rate_limited or login_rate_limited: retry after the Retry-After header's seconds",
     431: "headers_too_large: the request's headers are over the server's limit",
-    503: "not_ready or overloaded: retry after the Retry-After header's seconds",
+    503: "not_ready, overloaded, store_full or registry_unavailable: retry after the "
+    "Retry-After header's seconds",
 }
 
 

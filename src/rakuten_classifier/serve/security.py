@@ -36,32 +36,39 @@ class Authenticator:
     """Checks a username and password in the same time whether or not the user exists: an
     unknown user is checked against a dummy hash of the same cost, so timing tells nothing."""
 
-    def __init__(self, users: dict[str, bytes]) -> None:
-        self.users = users
-        rounds = max(int(hashed.split(b"$")[2]) for hashed in users.values())
+    def __init__(self, hashes: dict[str, bytes]) -> None:
+        self.hashes = hashes
+        rounds = max(int(hashed.split(b"$")[2]) for hashed in hashes.values())
         self._dummy = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(rounds))
 
     def check(self, username: str, password: str) -> bool:
-        hashed = self.users.get(username)
+        hashed = self.hashes.get(username)
         data = password.encode()
         matches = bcrypt.checkpw(data[:BCRYPT_MAX_BYTES], hashed or self._dummy)
         return hashed is not None and matches and len(data) <= BCRYPT_MAX_BYTES
 
 
 class Tokens:
-    """HS256 JSON Web Tokens naming their user, valid for `lifetime`."""
+    """HS256 JSON Web Tokens naming their user and roles, valid for `lifetime`."""
 
     def __init__(self, secret: bytes, lifetime: timedelta) -> None:
         self._secret = secret
         self.lifetime = lifetime
 
-    def issue(self, username: str) -> str:
+    def issue(self, username: str, roles: frozenset[str] = frozenset()) -> str:
         now = datetime.now(UTC)
-        claims = {"sub": username, "iss": ISSUER, "iat": now, "exp": now + self.lifetime}
+        claims = {
+            "sub": username,
+            "roles": sorted(roles),
+            "iss": ISSUER,
+            "iat": now,
+            "exp": now + self.lifetime,
+        }
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
 
-    def subject(self, token: str) -> str:
-        """The user a token was issued to; 401 if it is expired, forged or malformed."""
+    def subject(self, token: str) -> tuple[str, frozenset[str]]:
+        """The user a token was issued to and its roles; 401 if it is expired, forged or
+        malformed."""
         try:
             claims = jwt.decode(
                 token,
@@ -84,7 +91,8 @@ class Tokens:
                 "the token is not valid: get one from POST /token",
                 headers=BEARER,
             ) from None
-        return str(claims["sub"])
+        roles = claims.get("roles", [])
+        return str(claims["sub"]), frozenset(roles if isinstance(roles, list) else [])
 
 
 class RateLimiter:

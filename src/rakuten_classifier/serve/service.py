@@ -1,47 +1,62 @@
-"""Everything one running API holds: its settings, the model and the worker that runs it, who
-may log in, the limits and the metrics. `create_app` builds one; the routes reach it through
-`request.app.state.service`."""
+"""Everything one running API holds: its settings, the models and their workers, who may log in
+with which roles, the limits, the prediction store and the metrics. `create_app` builds one;
+the routes reach it through `request.app.state.service`."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from fastapi import Request
 
-from rakuten_classifier.bundle import Bundle, load_bundle
+from rakuten_classifier.bundle import Bundle
 from rakuten_classifier.config import logger
 from rakuten_classifier.serve.errors import BEARER, ApiError
-from rakuten_classifier.serve.predictor import Predictor
+from rakuten_classifier.serve.models import CHALLENGER, CHAMPION, ModelSet
 from rakuten_classifier.serve.security import Authenticator, LoginGuard, RateLimiter, Tokens
-from rakuten_classifier.serve.settings import Settings
+from rakuten_classifier.serve.settings import Settings, User
 from rakuten_classifier.serve.telemetry import Metrics
+from rakuten_classifier.store.writer import StoreWriter
 
 
 @dataclass
 class Service:
     settings: Settings
-    bundle: Bundle
-    users: dict[str, bytes]
+    users: dict[str, User]
     tokens: Tokens
     logins: LoginGuard
     requests: RateLimiter
     metrics: Metrics
-    predictor: Predictor
+    models: ModelSet
+    store: StoreWriter
     started: float = field(default_factory=time.time)
+    pending_shadows: set[asyncio.Task] = field(default_factory=set)
+    _reloading: asyncio.Task | None = None
 
     @classmethod
-    def build(cls, settings: Settings, bundle: Bundle | None = None) -> Service:
-        """Refuses (SettingsError) without a signing secret of 32 bytes or more and a user,
-        before the bundle (default: the one at settings.bundle) is loaded."""
+    def build(
+        cls,
+        settings: Settings,
+        bundle: Bundle | None = None,
+        challenger: Bundle | None = None,
+    ) -> Service:
+        """Refuses (SettingsError) without a signing secret of 32 bytes or more and a user.
+        `bundle` and `challenger` replace the configured models (tests, embedding)."""
         secret = settings.signing_secret()
         users = settings.load_users()
-        bundle = bundle or load_bundle(settings.bundle)
         metrics = Metrics()
-        metrics.model.info({"version": bundle.version, "classes": str(len(bundle.labels.codes))})
+        store = StoreWriter(
+            settings.database_url.get_secret_value(),
+            settings.store_spool_dir,
+            max_queue=settings.store_max_queue,
+            spool_max_bytes=settings.store_spool_max_bytes,
+        )
+        metrics.watch_store(store)
         logins = LoginGuard(
-            Authenticator(users),
+            Authenticator({name: user.password_hash for name, user in users.items()}),
             per_client=RateLimiter(settings.login_per_minute, settings.login_burst),
             per_user=RateLimiter(
                 settings.login_failures_per_minute,
@@ -50,29 +65,49 @@ class Service:
             ),
             max_waiting=settings.login_max_waiting,
         )
+        given = {CHAMPION: bundle, CHALLENGER: challenger}
+        models = ModelSet(
+            settings, metrics, given={k: v for k, v in given.items() if v is not None}
+        )
         return cls(
             settings=settings,
-            bundle=bundle,
             users=users,
             tokens=Tokens(secret, timedelta(minutes=settings.token_minutes)),
             logins=logins,
             requests=RateLimiter(settings.rate_per_minute, settings.rate_burst),
             metrics=metrics,
-            predictor=Predictor(bundle, metrics, settings.max_pending),
+            models=models,
+            store=store,
         )
 
     async def start(self) -> None:
-        await self.predictor.start()
-        logger.info("serving model %s from %s", self.bundle.version, self.bundle.path)
+        self.store.start()
+        await self.models.load()
+        champion = self.models.champion
+        logger.info("serving model %s from %s", champion.version, champion.source.describe())
+        if self.settings.model_source == "registry" and self.settings.reload_seconds > 0:
+            self._reloading = asyncio.create_task(self._reload_regularly(), name="reload")
 
     async def stop(self) -> None:
-        await self.predictor.stop()
+        if self._reloading is not None:
+            self._reloading.cancel()
+            await asyncio.gather(self._reloading, return_exceptions=True)
+        await asyncio.gather(*self.pending_shadows, return_exceptions=True)
+        await self.models.stop()
+        await asyncio.to_thread(self.store.stop)
         self.logins.close()
 
-    def authenticate(self, request: Request) -> str:
-        """The user of the request's bearer token (401 without a valid one), after the per-user
-        rate limit (429). Runs before the body is read: an upload without a valid token costs
-        the server nothing."""
+    async def _reload_regularly(self) -> None:
+        """Pick up an alias moved in the registry, without a restart."""
+        while True:
+            await asyncio.sleep(self.settings.reload_seconds)
+            with contextlib.suppress(Exception):  # logged and counted by reload()
+                await self.models.reload()
+
+    def authenticate(self, request: Request, role: str) -> str:
+        """The user of the request's bearer token (401 without a valid one), if the token and
+        the users file both give it `role` (else 403), after the per-user rate limit (429).
+        Runs before the body is read: an upload without a valid token costs nothing."""
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise ApiError(
@@ -82,9 +117,17 @@ class Service:
                 "token from POST /token",
                 headers=BEARER,
             )
-        user = self.tokens.subject(token.strip())
-        if user not in self.users:
+        name, token_roles = self.tokens.subject(token.strip())
+        user = self.users.get(name)
+        if user is None:
             raise ApiError(401, "invalid_token", "the token's user is gone", headers=BEARER)
-        request.state.user = user
-        self.requests.check(f"user:{user}", "requests")
-        return user
+        request.state.user = name
+        # A role removed from the users file is gone at once, whatever the token says.
+        if role not in token_roles & user.roles:
+            raise ApiError(
+                403,
+                "forbidden",
+                f"this endpoint needs the role '{role}', which user '{name}' does not have",
+            )
+        self.requests.check(f"user:{name}", "requests")
+        return name

@@ -9,6 +9,7 @@ equal).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rakuten_classifier import config
 from rakuten_classifier.preprocess import MAX_PIXELS
+from rakuten_classifier.store.database import DEFAULT_URL
 
 ENV_PREFIX = "RAKUTEN_API_"
 MIN_SECRET_BYTES = 32
@@ -24,7 +26,16 @@ BCRYPT_HASH = re.compile(r"^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$")
 # Plain names: no ':' or ',' (the separators of the users setting), nothing to escape in logs.
 USERNAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 MAKE_SECRET = "python3 -c 'import secrets; print(secrets.token_urlsafe(48))'"
-MAKE_HASH = "rakuten-classifier hash-password --user NAME"
+MAKE_HASH = "rakuten-classifier hash-password --user NAME [--roles predict+reviewer]"
+# What a token may do: predict (POST /predict*), reviewer (POST /feedback), admin (/admin/*).
+ROLES = ("predict", "reviewer", "admin")
+DEFAULT_ROLES = frozenset({"predict"})
+
+
+@dataclass(frozen=True)
+class User:
+    password_hash: bytes
+    roles: frozenset[str]
 
 
 class SettingsError(ValueError):
@@ -35,9 +46,27 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore")
 
     secret: SecretStr | None = Field(None, description="JWT signing secret, >= 32 bytes")
-    users: str = Field("", description="username:bcrypt_hash pairs, separated by commas")
-    users_file: Path | None = Field(None, description="file of username:bcrypt_hash lines")
+    users: str = Field("", description="username:bcrypt_hash[:roles] entries, comma-separated")
+    users_file: Path | None = Field(None, description="file of username:bcrypt_hash[:roles] lines")
+    # The models: local bundle folders, or the registry's champion and challenger aliases.
+    model_source: Literal["local", "registry"] = "local"
     bundle: Path = config.BUNDLE_DIR
+    challenger_bundle: Path | None = None
+    registry_uri: str | None = None  # MLflow tracking URI; else MLFLOW_TRACKING_URI
+    registered_model: str = "rakuten"
+    model_cache: Path | None = None  # where registry bundles are downloaded
+    # off: the champion answers; ab: a stable share of products goes to the challenger;
+    # shadow: the champion answers, the challenger's answer to the same product is stored.
+    mode: Literal["off", "ab", "shadow"] = "off"
+    challenger_share: float = Field(0.1, ge=0, le=1)
+    reload_seconds: float = Field(60, ge=0)  # registry alias check; 0: POST /admin/reload only
+    shadow_max_pending: int = Field(256, ge=1)  # shadow predictions waiting, then skipped
+    # The prediction and feedback store.
+    database_url: SecretStr = SecretStr(DEFAULT_URL)
+    store_texts: bool = False  # keep the products' texts with their predictions (privacy)
+    store_spool_dir: Path = Path("data/store/spool")
+    store_max_queue: int = Field(10_000, ge=1)
+    store_spool_max_bytes: int = Field(1 << 30, gt=0)
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     token_minutes: float = Field(30, gt=0)
@@ -81,8 +110,9 @@ class Settings(BaseSettings):
             )
         return value
 
-    def load_users(self) -> dict[str, bytes]:
-        """Username -> bcrypt hash, from RAKUTEN_API_USERS and RAKUTEN_API_USERS_FILE."""
+    def load_users(self) -> dict[str, User]:
+        """Users and their roles, from RAKUTEN_API_USERS and RAKUTEN_API_USERS_FILE: entries
+        `username:bcrypt_hash` (role predict) or `username:bcrypt_hash:role+role`."""
         entries = [
             (f"{ENV_PREFIX}USERS entry {number}", entry)
             for number, entry in enumerate(self.users.split(","), 1)
@@ -100,22 +130,32 @@ class Settings(BaseSettings):
                 for number, line in enumerate(lines, 1)
                 if line.strip() and not line.lstrip().startswith("#")
             ]
-        users: dict[str, bytes] = {}
+        users: dict[str, User] = {}
         for where, entry in entries:
-            name, _, hashed = entry.strip().partition(":")
+            name, _, rest = entry.strip().partition(":")
+            hashed, _, listed = rest.partition(":")
             if not USERNAME.match(name) or not BCRYPT_HASH.match(hashed):
                 raise SettingsError(
-                    f"{where}: expected username:bcrypt_hash (make one with `{MAKE_HASH}`)"
+                    f"{where}: expected username:bcrypt_hash[:roles] (make one with `{MAKE_HASH}`)"
+                )
+            roles = frozenset(role for role in listed.split("+") if role) or DEFAULT_ROLES
+            if unknown := sorted(roles - set(ROLES)):
+                raise SettingsError(
+                    f"{where}: unknown role(s) {', '.join(unknown)}; roles are "
+                    f"{', '.join(ROLES)}, joined with '+'"
                 )
             if name in users:
                 raise SettingsError(f"{where}: user '{name}' is defined twice")
-            users[name] = hashed.encode()
+            users[name] = User(hashed.encode(), roles)
         if not users:
             raise SettingsError(
                 f"no API user: set {ENV_PREFIX}USERS_FILE (lines from `{MAKE_HASH}`) "
                 f"or {ENV_PREFIX}USERS in .env"
             )
         return users
+
+    def challenger_wanted(self) -> bool:
+        return self.mode != "off"
 
 
 def load_settings(**overrides: Any) -> Settings:

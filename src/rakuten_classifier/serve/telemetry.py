@@ -12,12 +12,15 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rakuten_classifier import config
 from rakuten_classifier.config import logger
+from rakuten_classifier.store.writer import StoreWriter
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # An incoming id is kept only if it is short and plain: it goes into every log line.
@@ -71,7 +74,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        by_request = ["endpoint", "method", "status"]
+        by_request = ["endpoint", "method", "status", "variant"]
         self.requests = Counter(
             "rakuten_api_requests", "HTTP requests", by_request, registry=self.registry
         )
@@ -84,8 +87,14 @@ class Metrics:
         )
         self.predictions = Counter(
             "rakuten_api_predictions",
-            "Products classified, by predicted product type and the modalities used",
-            ["prdtypecode", "modalities"],
+            "Products classified, by predicted product type, modalities used and model",
+            ["prdtypecode", "modalities", "variant", "model_version"],
+            registry=self.registry,
+        )
+        self.shadow = Counter(
+            "rakuten_api_shadow_predictions",
+            "Challenger predictions made in the shadow of the champion, by outcome",
+            ["outcome"],
             registry=self.registry,
         )
         self.errors = Counter(
@@ -100,10 +109,63 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
             registry=self.registry,
         )
-        self.model = Info("rakuten_api_model", "The model bundle served", registry=self.registry)
+        self.model = Gauge(
+            "rakuten_api_model_info",
+            "The model bundles served: 1 per variant",
+            ["variant", "version", "registry_version"],
+            registry=self.registry,
+        )
+        self.reloads = Counter(
+            "rakuten_api_model_reloads",
+            "Model reloads (an alias check or POST /admin/reload), by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.registry_up = Gauge(
+            "rakuten_api_registry_up",
+            "1 if the last look at the model registry succeeded (or none is used), else 0",
+            registry=self.registry,
+        )
+        self.registry_up.set(1)
+        self.feedback = Counter(
+            "rakuten_api_feedback", "Feedback accepted (true product types)", registry=self.registry
+        )
+
+    def watch_store(self, writer: StoreWriter) -> None:
+        self.registry.register(StoreCollector(writer))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class StoreCollector(Collector):
+    """The prediction store's writer, read at each scrape."""
+
+    def __init__(self, writer: StoreWriter) -> None:
+        self.writer = writer
+
+    def collect(self) -> Any:
+        backlog = GaugeMetricFamily(
+            "rakuten_store_backlog",
+            "Rows accepted for the store and not yet in the database (memory and spool)",
+        )
+        backlog.add_metric([], self.writer.backlog)
+        spooled = GaugeMetricFamily(
+            "rakuten_store_spooled", "Rows waiting on disk while the database is down"
+        )
+        spooled.add_metric([], self.writer.spool.rows)
+        up = GaugeMetricFamily("rakuten_store_up", "1 if the last write to the database worked")
+        up.add_metric([], 1.0 if self.writer.stats.up else 0.0)
+        written = CounterMetricFamily(
+            "rakuten_store_written", "Rows written to the database", labels=["table"]
+        )
+        for table in ("predictions", "feedback"):
+            written.add_metric([table], self.writer.stats.written[table])
+        dropped = CounterMetricFamily(
+            "rakuten_store_dropped", "Prediction rows dropped: the spool was full"
+        )
+        dropped.add_metric([], self.writer.stats.dropped)
+        yield from (backlog, spooled, up, written, dropped)
 
 
 class RequestContext:
@@ -154,7 +216,8 @@ class RequestContext:
     def _record(self, scope: Scope, status: int, seconds: float) -> None:
         route = scope.get("route")
         endpoint = getattr(route, "path", "unmatched")
-        labels = (endpoint, scope["method"], str(status))
+        variant = scope["state"].get("variant", "")
+        labels = (endpoint, scope["method"], str(status), variant)
         self.metrics.requests.labels(*labels).inc()
         self.metrics.latency.labels(*labels).observe(seconds)
         client = scope.get("client")
@@ -170,5 +233,7 @@ class RequestContext:
                 "duration_ms": round(seconds * 1000, 2),
                 "user": scope["state"].get("user"),
                 "client": client[0] if client else None,
+                "variant": variant or None,
+                "model_version": scope["state"].get("model_version"),
             },
         )
