@@ -161,10 +161,14 @@ def serve_env(**variables: str) -> dict[str, str]:
 
 
 @contextmanager
-def running_server(root: Path, bundle: Path, **variables: object) -> Iterator[Server]:
+def running_server(
+    root: Path, bundle: Path, roles: str = "predict", **variables: object
+) -> Iterator[Server]:
     """`rakuten-classifier serve` as a user starts it, in `root`, with its settings in a .env
-    file there (`variables`: more RAKUTEN_API_* settings, by lowercase name)."""
-    (root / "users.txt").write_text(f"alice:{HASH}\n")
+    file there (`variables`: more RAKUTEN_API_* settings, by lowercase name); user alice has
+    `roles`."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "users.txt").write_text(f"alice:{HASH}:{roles}\n")
     port = free_port()
     lines = {
         "secret": SECRET,

@@ -10,11 +10,34 @@ from typing import Any
 
 import mlflow.pyfunc
 import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.types.schema import ColSpec, Schema
 
 from rakuten_classifier.bundle import Bundle, load_bundle
 from rakuten_classifier.preprocess import read_photo
 
 BUNDLE_ARTIFACT = "bundle"
+# What the model takes and gives: one row per product, the photo optional (bytes or a path).
+SIGNATURE = ModelSignature(
+    inputs=Schema(
+        [
+            ColSpec("string", "designation"),
+            ColSpec("string", "description", required=False),
+            ColSpec("binary", "image", required=False),
+            ColSpec("string", "image_path", required=False),
+        ]
+    ),
+    outputs=Schema(
+        [
+            ColSpec("long", "prdtypecode"),
+            ColSpec("double", "probability"),
+            ColSpec("boolean", "image_used"),
+        ]
+    ),
+)
+# The file MLflow runs to build the model when it loads it ("models from code": nothing of
+# this package is pickled into the registry).
+MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 
 
 class BundleModel(mlflow.pyfunc.PythonModel):

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +27,7 @@ from rakuten_classifier import config
 from rakuten_classifier.bundle import MANIFEST_JSON, read_manifest
 from rakuten_classifier.config import logger
 from rakuten_classifier.files import atomic_dir, read_json
-from rakuten_classifier.pyfunc import BUNDLE_ARTIFACT, BundleModel
+from rakuten_classifier.pyfunc import BUNDLE_ARTIFACT, MODEL_CODE, SIGNATURE
 
 DEFAULT_MODEL = "rakuten"
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -190,12 +191,17 @@ def _log_and_register(
         params = _flatten(manifest.get("params", {}))
         mlflow.log_params({key: json.dumps(value) for key, value in params.items()})
         mlflow.log_metrics(metrics)
-        logged = mlflow.pyfunc.log_model(
-            name=MODEL_ARTIFACT,
-            python_model=BundleModel(),
-            artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
-            pip_requirements=["rakuten-classifier"],
-        )
+        with warnings.catch_warnings():
+            # The signature says what a row is; an example row would make MLflow load the
+            # whole bundle (TensorFlow) only to check it.
+            warnings.filterwarnings("ignore", message=".*input example was not provided")
+            logged = mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT,
+                python_model=str(MODEL_CODE),
+                artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
+                signature=SIGNATURE,
+                pip_requirements=["rakuten-classifier"],
+            )
     version = mlflow.register_model(logged.model_uri, name, tags=tags)
     # Registration is asynchronous on some backends: wait until the version is usable.
     for _ in range(60):
