@@ -198,6 +198,11 @@ def replay(
     y_csv: Path = typer.Option(
         None, help="Their true product types: feedback is given for --feedback-share of them."
     ),
+    split: str = typer.Option(
+        None,
+        help="Instead of a CSV: a split of data/processed (train, val, test), its true types "
+        "included. `test` holds products the evaluated models never trained on.",
+    ),
     feedback_share: float = typer.Option(0.5, min=0, max=1),
     limit: int = typer.Option(None, min=1, help="The first LIMIT products only."),
     clients: int = typer.Option(4, min=1, help="Concurrent connections."),
@@ -209,9 +214,13 @@ def replay(
     password = os.environ.get("RAKUTEN_REPLAY_PASSWORD") or typer.prompt(
         "Password", hide_input=True, err=True
     )
-    products = traffic.load_products(x_csv, image_dir, y_csv, limit)
+    if split:
+        products = traffic.load_split_products(split, config.PROCESSED_DIR, limit)
+    else:
+        products = traffic.load_products(x_csv, image_dir, y_csv, limit)
+    share = feedback_share if "prdtypecode" in products else 0.0
     headers = traffic.login(url, user, password)
-    summary = traffic.replay(url, headers, products, feedback_share if y_csv else 0.0, clients)
+    summary = traffic.replay(url, headers, products, share, clients)
     for line in summary.lines():
         typer.echo(line)
     if summary.errors:

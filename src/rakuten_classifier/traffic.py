@@ -17,7 +17,8 @@ import pandas as pd
 import requests
 from tqdm import tqdm
 
-from rakuten_classifier.data import image_paths, read_labels, read_products
+from rakuten_classifier.data import image_paths, load_split, read_labels, read_products
+from rakuten_classifier.preprocess import read_photo
 
 
 @dataclass
@@ -69,12 +70,20 @@ def login(url: str, user: str, password: str) -> dict[str, str]:
 def load_products(
     x_csv: Path, image_dir: Path, y_csv: Path | None = None, limit: int | None = None
 ) -> pd.DataFrame:
+    """Products of a CSV in the challenge layout (with their true types from `y_csv`)."""
     products = read_products(x_csv)
     if y_csv is not None:
         products["prdtypecode"] = read_labels(y_csv, products)
     products = products.head(limit) if limit else products
     products["image_path"] = [str(path) for path in image_paths(products, image_dir)]
     return products
+
+
+def load_split_products(split: str, processed_dir: Path, limit: int | None = None) -> pd.DataFrame:
+    """The labelled products of one of the pipeline's splits (data/processed): `test` holds
+    products that the evaluated models never trained on."""
+    products = load_split(split, processed_dir)
+    return products.head(limit) if limit else products
 
 
 def replay(
@@ -100,10 +109,9 @@ def replay(
             "product_identifier": str(index),
             "imageid": str(product["imageid"]),
         }
-        photo = Path(product["image_path"])
-        files = (
-            {"image": (photo.name, photo.read_bytes(), "image/jpeg")} if photo.is_file() else None
-        )
+        # A photo file, or a member of data/raw/images.zip (a processed split's paths).
+        photo = read_photo(product["image_path"], missing_ok=True)
+        files = {"image": ("photo.jpg", photo, "image/jpeg")} if photo else None
         response = post(session, f"{url}/predict", data=form, files=files)
         with lock:
             summary.sent += 1
