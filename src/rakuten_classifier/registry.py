@@ -9,6 +9,7 @@ The project uses the MLflow client (mlflow-skinny); the server runs from its own
 from __future__ import annotations
 
 import getpass
+import hashlib
 import json
 import os
 import shutil
@@ -258,9 +259,11 @@ def _bundle_in(model_dir: Path) -> Path | None:
 
 
 def download_bundle(uri: str | None, found: ModelVersion, cache_dir: Path) -> Path:
-    """The version's bundle, downloaded once into `cache_dir/<name>/<version>` (checked by
-    `load_bundle` when it is loaded)."""
-    target = Path(cache_dir) / found.name / found.version
+    """The version's bundle, downloaded once into the cache (checked by `load_bundle` when it
+    is loaded). The cache folder is named after the logged model the version points to, not
+    its number alone: another registry's version 1 is another bundle."""
+    source = hashlib.sha256(found.source.encode()).hexdigest()[:16]
+    target = Path(cache_dir) / found.name / f"{found.version}-{source}"
     if (bundle_dir := _bundle_in(target)) is not None:
         return bundle_dir
     client(uri)
@@ -270,9 +273,14 @@ def download_bundle(uri: str | None, found: ModelVersion, cache_dir: Path) -> Pa
         mlflow.artifacts.download_artifacts(
             artifact_uri=found.source, dst_path=str(tmp), tracking_uri=tracking_uri(uri)
         )
-    if (bundle_dir := _bundle_in(target)) is None:
+    bundle_dir = _bundle_in(target)
+    version = read_json(bundle_dir / MANIFEST_JSON)["model_version"] if bundle_dir else None
+    if bundle_dir is None or (found.bundle_version and version != found.bundle_version):
         shutil.rmtree(target, ignore_errors=True)
-        raise RegistryError(f"{found.name} version {found.version} holds no model bundle")
+        raise RegistryError(
+            f"{found.name} version {found.version} holds no model bundle, or not the one it "
+            f"was registered with (bundle {found.bundle_version})"
+        )
     return bundle_dir
 
 

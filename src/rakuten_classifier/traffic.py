@@ -46,7 +46,7 @@ def gets_feedback(product_id: object, share: float) -> bool:
     return int(digest[:8], 16) / 0xFFFFFFFF < share
 
 
-RETRIES = 30  # a 429 or 503 is retried after its Retry-After, this many times at most
+RETRIES = 300  # a 429 or 503 is retried after its Retry-After, this many times at most
 
 
 def post(session: requests.Session, url: str, **kwargs: object) -> requests.Response:
