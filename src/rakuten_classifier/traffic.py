@@ -120,14 +120,11 @@ def replay(
                 return
             summary.answered[response.json()["variant"]] += 1
         if "prdtypecode" in product and gets_feedback(product["productid"], feedback_share):
-            given = session.post(
-                f"{url}/feedback",
-                json={
-                    "product_id": str(product["productid"]),
-                    "prdtypecode": int(product["prdtypecode"]),
-                },
-                timeout=60,
-            )
+            truth = {
+                "product_id": str(product["productid"]),
+                "prdtypecode": int(product["prdtypecode"]),
+            }
+            given = post(session, f"{url}/feedback", json=truth)
             with lock:
                 if given.status_code == 202:
                     summary.feedback += 1
