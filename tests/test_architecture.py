@@ -22,8 +22,10 @@ LAYERS: list[set[str]] = [
     {"config", "files", "reproducible", "store"},
     {"calibration", "labels", "preprocess", "torch_reader", "download", "training", "profiling"},
     {"word_vectors", "data", "metrics", "fusion", "efficientnet_lite", "store.schema"},
+    {"drift_stats", "drift_profile"},
     {"raw_import", "text", "image", "report", "store.database", "store.queries", "traffic"},
     {"recipes", "bundle", "store.writer"},
+    {"reference"},
     {"evaluate", "pyfunc", "serve.errors", "serve.settings"},
     {
         "registry",

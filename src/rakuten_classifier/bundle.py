@@ -23,8 +23,10 @@ import pandas as pd
 from tqdm import tqdm
 
 from rakuten_classifier import config
+from rakuten_classifier.calibration import softmax
 from rakuten_classifier.config import logger
 from rakuten_classifier.data import image_paths, read_products, write_predictions_csv
+from rakuten_classifier.drift_profile import PROFILE_JSON, Profile
 from rakuten_classifier.files import read_json, sha256_file, write_json
 from rakuten_classifier.fusion import FUSION_JSON, Fusion
 from rakuten_classifier.image import IMAGE_MODEL_JSON, ImageModel, load_image_model
@@ -36,7 +38,12 @@ from rakuten_classifier.text import TEXT_MODEL_JSON, TextModel, load_text_model
 FORMAT_VERSION = 2
 MANIFEST_JSON = "manifest.json"
 # Each component's folder and the settings file that describes it.
-COMPONENTS = {"text": TEXT_MODEL_JSON, "image": IMAGE_MODEL_JSON, "fusion": FUSION_JSON}
+COMPONENTS = {
+    "text": TEXT_MODEL_JSON,
+    "image": IMAGE_MODEL_JSON,
+    "fusion": FUSION_JSON,
+    "profile": PROFILE_JSON,  # the reference for drift detection (drift_profile)
+}
 
 
 class BundleError(RuntimeError):
@@ -53,6 +60,8 @@ class BundlePrediction:
     image_used: np.ndarray
     image_problems: list[str | None]
     labels: LabelMap
+    # The photos' pooled backbone features, one row per used photo (image_used's True rows).
+    image_features: np.ndarray | None = None
 
     @property
     def codes(self) -> np.ndarray:
@@ -75,6 +84,7 @@ class Bundle:
     image: ImageModel | None
     fusion: Fusion
     manifest: dict[str, Any]
+    profile: Profile | None = None  # drift detection's reference, when the bundle has one
 
     @property
     def version(self) -> str:
@@ -111,11 +121,14 @@ class Bundle:
         text_probabilities = self.text.predict_proba(texts)
         pixels, used, problems = self.decode_images(images)
         image_probabilities = np.full_like(text_probabilities, np.nan)
+        features = None
         if pixels is not None:
-            image_probabilities[used] = self.image.predict_proba(pixels)
+            features = self.image.features(pixels)
+            logits = self.image.logits_of_features(features)
+            image_probabilities[used] = softmax(logits, self.image.temperature)
         fused = self.fusion.combine(text_probabilities, image_probabilities, used)
         return BundlePrediction(
-            fused, text_probabilities, image_probabilities, used, problems, self.labels
+            fused, text_probabilities, image_probabilities, used, problems, self.labels, features
         )
 
 
@@ -203,6 +216,7 @@ def load_bundle(path: Path = config.BUNDLE_DIR, verify: bool = True) -> Bundle:
         image=image,
         fusion=Fusion.load(path / "fusion"),
         manifest=manifest,
+        profile=Profile.load(path / "profile") if (path / "profile").exists() else None,
     )
     logger.info("loaded model bundle %s from %s", bundle.version, path)
     return bundle
@@ -239,6 +253,7 @@ def _concatenate(parts: list[BundlePrediction], labels: LabelMap) -> BundlePredi
     if not parts:
         empty = np.zeros((0, width))
         return BundlePrediction(empty, empty, empty, np.zeros(0, bool), [], labels)
+    features = [p.image_features for p in parts if p.image_features is not None]
     return BundlePrediction(
         np.concatenate([p.probabilities for p in parts]),
         np.concatenate([p.text_probabilities for p in parts]),
@@ -246,6 +261,7 @@ def _concatenate(parts: list[BundlePrediction], labels: LabelMap) -> BundlePredi
         np.concatenate([p.image_used for p in parts]),
         [problem for p in parts for problem in p.image_problems],
         labels,
+        np.concatenate(features) if features else None,
     )
 
 

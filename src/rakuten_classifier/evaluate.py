@@ -27,6 +27,7 @@ from rakuten_classifier.bundle import (
 from rakuten_classifier.config import logger
 from rakuten_classifier.data import load_labels, load_split, write_predictions_csv
 from rakuten_classifier.files import atomic_dir, atomic_path, write_json
+from rakuten_classifier.image import load_image_model
 from rakuten_classifier.metrics import (
     classification_scores,
     per_class_scores,
@@ -37,6 +38,7 @@ from rakuten_classifier.metrics import (
     time_per_product,
 )
 from rakuten_classifier.preprocess import product_text, read_photo
+from rakuten_classifier.reference import reference_profile
 
 
 def evaluate_bundle(
@@ -149,12 +151,27 @@ def run(
             "metrics_from": "models trained on the train split, scored on the held-out test split",
             "trained_on": {name: len(frame) for name, frame in splits.items() if name == "train"},
         }
+        labelled = pd.concat(splits.values())
         if stage["refit"]:
-            labelled = pd.concat(splits.values())
             components = refit_components(
                 params, labelled, len(labels.codes), features_dir, components, Path(scratch)
             )
             training["trained_on"] = {name: len(frame) for name, frame in splits.items()}
+        trained_on = labelled if stage["refit"] else splits["train"]
+        shipped_image = (
+            load_image_model(components["image"]) if components["image"].exists() else None
+        )
+        profile = reference_profile(
+            trained_on,
+            pd.concat([splits["val"], splits["test"]]),
+            evaluated,
+            shipped_image,
+            features_dir,
+            params["train_image"],
+            stage["batch_size"],
+        )
+        components["profile"] = Path(scratch) / "profile"
+        profile.save(components["profile"])
         per_class_f1 = {
             model: dict(
                 zip(frame["prdtypecode"].astype(str), frame["f1"].astype(float), strict=True)

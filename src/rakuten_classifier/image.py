@@ -169,7 +169,10 @@ def build_image_model(backbone: Any, head: Any, params: dict[str, Any]) -> Any:
 
 
 class ImageModel:
-    """A trained Keras image classifier and the input size its decoder must produce."""
+    """A trained Keras image classifier and the input size its decoder must produce. It runs
+    as its two parts, the backbone (photo -> pooled features) then the head (features ->
+    probabilities): the same answer as the whole model at inference (its augmentation is off
+    then), and the features are there for drift detection."""
 
     MODEL_FILE = "model.keras"
 
@@ -177,10 +180,19 @@ class ImageModel:
         self.model = model
         self.image_size = image_size
         self.temperature = temperature
-        self.forward = InferenceFunction(model)
+        # build_image_model: input, augmentation, backbone, head.
+        self.backbone = InferenceFunction(model.layers[-2])
+        self.head = InferenceFunction(model.get_layer("head"))
+
+    def features(self, pixels: np.ndarray) -> np.ndarray:
+        """Pooled backbone features of decoded photos (uint8 or float RGB)."""
+        return self.backbone(pixels.astype(np.float32), 32)
+
+    def logits_of_features(self, features: np.ndarray) -> np.ndarray:
+        return log_probabilities(self.head(features.astype(np.float32), 256))
 
     def logits(self, pixels: np.ndarray) -> np.ndarray:
-        return log_probabilities(self.forward(pixels.astype(np.float32), 32))
+        return self.logits_of_features(self.features(pixels))
 
     def predict_proba(self, pixels: np.ndarray) -> np.ndarray:
         return softmax(self.logits(pixels), self.temperature)
@@ -201,8 +213,7 @@ class ImageModel:
     def predict_proba_features(self, features: np.ndarray) -> np.ndarray:
         """The same probabilities from cached backbone features, for a model whose backbone is
         frozen (the head alone runs: seconds instead of a backbone pass over every photo)."""
-        head = InferenceFunction(self.model.get_layer("head"))
-        return softmax(log_probabilities(head(features.astype(np.float32), 256)), self.temperature)
+        return softmax(self.logits_of_features(features), self.temperature)
 
     def decode(self, data: bytes) -> np.ndarray:
         return decode_image(data, self.image_size)
