@@ -17,12 +17,13 @@ def main(
     image_dir: Path = config.IMAGE_MODEL_DIR,
     features_dir: Path = config.FEATURES_DIR,
     out_dir: Path = config.FUSION_DIR,
+    held_out_dir: Path = config.HELD_OUT_DIR,
 ) -> None:
     config.setup_logging()
     params = config.load_params(path=params_file)
     with open_live(config.DVCLIVE_DIR / "train_fusion") as live:
         scores = recipes.train_fusion(
-            params, processed_dir, text_dir, image_dir, features_dir, out_dir
+            params, processed_dir, text_dir, image_dir, features_dir, out_dir, held_out_dir
         )
         # held_out: validation and out-of-fold rows together; val: the validation split alone.
         for split, values in scores.items():

@@ -260,7 +260,7 @@ def test_the_database_going_down_loses_no_prediction(
     """PostgreSQL stopped in the middle of the traffic: every prediction is still answered,
     the backlog metric rises, then drains once the database is back, and every answered
     prediction is in the database, once."""
-    postgres.psql("DROP TABLE IF EXISTS predictions, feedback, alembic_version")
+    postgres.psql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
     settings = {
         "database_url": postgres.url,
         "store_max_queue": 20,  # so that the outage also fills the spool on disk

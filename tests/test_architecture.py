@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
     {"drift_stats", "drift_profile"},
     {"raw_import", "text", "image", "report", "store.database", "store.queries", "traffic"},
     {"recipes", "bundle", "store.writer"},
-    {"reference"},
+    {"reference", "drift"},
     {"evaluate", "pyfunc", "serve.errors", "serve.settings"},
     {
         "registry",

@@ -63,7 +63,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'store' / 'predictions.db'}"
     server = request.getfixturevalue("postgres")
-    server.psql("DROP TABLE IF EXISTS predictions, feedback, alembic_version")
+    server.psql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
     return server.url
 
 

@@ -60,8 +60,10 @@ class BundlePrediction:
     image_used: np.ndarray
     image_problems: list[str | None]
     labels: LabelMap
-    # The photos' pooled backbone features, one row per used photo (image_used's True rows).
+    # The photos' pooled backbone features and mean colour (R, G, B of the decoded photo),
+    # one row per used photo (image_used's True rows): what drift detection compares.
     image_features: np.ndarray | None = None
+    image_colours: np.ndarray | None = None
 
     @property
     def codes(self) -> np.ndarray:
@@ -70,6 +72,18 @@ class BundlePrediction:
     @property
     def confidence(self) -> np.ndarray:
         return self.probabilities.max(axis=1)
+
+    def features_of(self, row: int) -> np.ndarray | None:
+        """The backbone features of product `row`'s photo, or None if no photo was used."""
+        if self.image_features is None or not self.image_used[row]:
+            return None
+        return self.image_features[int(np.count_nonzero(self.image_used[:row]))]
+
+    def colour_of(self, row: int) -> np.ndarray | None:
+        """The mean R, G, B of product `row`'s decoded photo, or None if no photo was used."""
+        if self.image_colours is None or not self.image_used[row]:
+            return None
+        return self.image_colours[int(np.count_nonzero(self.image_used[:row]))]
 
     def top(self, row: int, k: int = 5) -> list[tuple[int, float]]:
         order = np.argsort(-self.probabilities[row])[:k]
@@ -121,15 +135,28 @@ class Bundle:
         text_probabilities = self.text.predict_proba(texts)
         pixels, used, problems = self.decode_images(images)
         image_probabilities = np.full_like(text_probabilities, np.nan)
-        features = None
+        features = colours = None
         if pixels is not None:
+            colours = mean_colours(pixels)
             features = self.image.features(pixels)
             logits = self.image.logits_of_features(features)
             image_probabilities[used] = softmax(logits, self.image.temperature)
         fused = self.fusion.combine(text_probabilities, image_probabilities, used)
         return BundlePrediction(
-            fused, text_probabilities, image_probabilities, used, problems, self.labels, features
+            fused,
+            text_probabilities,
+            image_probabilities,
+            used,
+            problems,
+            self.labels,
+            features,
+            colours,
         )
+
+
+def mean_colours(pixels: np.ndarray) -> np.ndarray:
+    """Each decoded photo's mean R, G and B (0-255)."""
+    return pixels.reshape(len(pixels), -1, pixels.shape[-1]).mean(axis=1, dtype=np.float64)
 
 
 def _file_hashes(root: Path) -> dict[str, str]:
@@ -254,6 +281,7 @@ def _concatenate(parts: list[BundlePrediction], labels: LabelMap) -> BundlePredi
         empty = np.zeros((0, width))
         return BundlePrediction(empty, empty, empty, np.zeros(0, bool), [], labels)
     features = [p.image_features for p in parts if p.image_features is not None]
+    colours = [p.image_colours for p in parts if p.image_colours is not None]
     return BundlePrediction(
         np.concatenate([p.probabilities for p in parts]),
         np.concatenate([p.text_probabilities for p in parts]),
@@ -262,6 +290,7 @@ def _concatenate(parts: list[BundlePrediction], labels: LabelMap) -> BundlePredi
         [problem for p in parts for problem in p.image_problems],
         labels,
         np.concatenate(features) if features else None,
+        np.concatenate(colours) if colours else None,
     )
 
 

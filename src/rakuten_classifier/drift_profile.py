@@ -3,8 +3,9 @@ products it was trained on looked like, and what its models answered on products
 trained on.
 
 Input side, from the training products: the class prior, the text lengths, the language mix,
-the share with a usable photo, the photos' sizes, and a sample of the photos' backbone features
-through a fixed random projection. Model side, from held-out products (the validation and test
+the share with a usable photo, the photos' sizes and mean colours, and a sample of the photos'
+backbone features through a fixed random projection (backbone features hardly move when a
+photo's colours do, hence the colours). Model side, from held-out products (the validation and test
 splits, predicted by the models trained without them; on training products the models are more
 confident than on new ones): the predicted class mix, the confidence, a sample of the text
 model's log-probabilities.
@@ -27,7 +28,7 @@ PROFILE_JSON = "profile.json"
 PROFILE_ARRAYS = "profile.npz"
 LANGUAGES = ("fr", "en", "de", "other")
 SAMPLE_ROWS = 1000  # rows kept of each sample
-IMAGE_DIMENSIONS = 16  # the photo features' random projection
+IMAGE_DIMENSIONS = 64  # the photo features' random projection
 PROJECTION_SEED = 20260101
 
 
@@ -64,8 +65,8 @@ class Profile:
     language_shares: list[float]  # in LANGUAGES order
     photo_share: float
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
-    # confidence, text_length, photo_width, photo_height, text_embedding, image_embedding,
-    # image_mean, image_projection
+    # confidence, text_length, photo_width, photo_height, photo_colour, text_embedding,
+    # image_embedding, image_mean, image_projection
 
     def save(self, out_dir: Path) -> None:
         out_dir = Path(out_dir)
@@ -115,6 +116,7 @@ def build_profile(
     has_photo: np.ndarray,
     photo_sizes: np.ndarray,
     image_features: np.ndarray | None,
+    photo_colours: np.ndarray | None,
     held_out_codes: np.ndarray,
     held_out_confidence: np.ndarray,
     held_out_text_log_probabilities: np.ndarray,
@@ -131,6 +133,8 @@ def build_profile(
     }
     sizes = np.asarray(photo_sizes, dtype=np.int64).reshape(-1, 2)[sample_rows(len(photo_sizes))]
     arrays["photo_width"], arrays["photo_height"] = sizes[:, 0], sizes[:, 1]
+    if photo_colours is not None and len(photo_colours):
+        arrays["photo_colour"] = np.asarray(photo_colours, dtype=np.float64)
     if image_features is not None and len(image_features):
         features = np.asarray(image_features, dtype=np.float64)
         mean = features.mean(axis=0)

@@ -2,7 +2,8 @@
 distribution as the reference the model was trained and checked on?
 
 - categorical shares (predicted product types, languages, photo or not): the population
-  stability index, and a chi-square test of the window's counts against the reference shares;
+  stability index, and the chi-square statistic of the window's counts against the reference
+  shares, its p-value from multinomial windows drawn from those shares;
 - numbers (confidence, text length, photo size): the two-sample Kolmogorov-Smirnov test;
 - vectors (text and photo representations): the maximum mean discrepancy with a Gaussian
   kernel, its p-value from permutations.
@@ -39,16 +40,31 @@ def psi(reference: np.ndarray, window: np.ndarray) -> float:
     return float(np.sum((window - reference) * np.log(window / reference)))
 
 
-def chi_square_p(reference_shares: np.ndarray, window_counts: np.ndarray) -> float:
-    """p-value of the window's counts under the reference shares (categories the reference
-    never saw are merged into the smallest expected cell so the test stays defined)."""
+def chi_square_statistic(expected_shares: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Pearson's statistic of each row of `counts` against the shares (rows: samples)."""
+    counts = np.atleast_2d(np.asarray(counts, dtype=float))
+    expected = (np.asarray(expected_shares, dtype=float) + SHARE_FLOOR) * counts.sum(
+        axis=1, keepdims=True
+    )
+    expected /= expected.sum(axis=1, keepdims=True) / counts.sum(axis=1, keepdims=True)
+    return ((counts - expected) ** 2 / expected).sum(axis=1)
+
+
+def mix_p(reference_shares: np.ndarray, window_counts: np.ndarray, draws: int = 2000,
+          seed: int = 0) -> float:  # fmt: skip
+    """p-value of the window's category counts under the reference shares, from `draws`
+    multinomial windows of the same size drawn from those shares: exact where the chi-square
+    approximation is not (27 product types in a window of 100 expect under 4 of each)."""
     counts = np.asarray(window_counts, dtype=float)
-    total = counts.sum()
+    total = round(float(counts.sum()))
     if total == 0:
         return 1.0
-    expected = (np.asarray(reference_shares, dtype=float) + SHARE_FLOOR) * total
-    expected *= total / expected.sum()
-    return float(stats.chisquare(counts, expected).pvalue)
+    shares = np.asarray(reference_shares, dtype=float) + SHARE_FLOOR
+    shares /= shares.sum()
+    observed = chi_square_statistic(shares, counts)[0]
+    simulated = np.random.default_rng(seed).multinomial(total, shares, size=draws)
+    larger = int(np.sum(chi_square_statistic(shares, simulated) >= observed - 1e-9))
+    return (larger + 1) / (draws + 1)
 
 
 def ks_p(reference: np.ndarray, window: np.ndarray) -> tuple[float, float]:
@@ -62,9 +78,7 @@ def ks_p(reference: np.ndarray, window: np.ndarray) -> tuple[float, float]:
 
 
 def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    # Summed elementwise rather than through BLAS (a matrix product): the same bits on
-    # every machine, and these matrices are small.
-    return ((a[:, None, :] - b[None, :, :]) ** 2).sum(axis=-1)
+    return (a * a).sum(axis=1)[:, None] + (b * b).sum(axis=1)[None, :] - 2 * a @ b.T
 
 
 def mmd_p(
@@ -73,32 +87,24 @@ def mmd_p(
     permutations: int = 200,
     seed: int = 0,
 ) -> tuple[float, float]:
-    """(MMD², p-value): the squared maximum mean discrepancy between the two samples with a
-    Gaussian kernel (bandwidth: the median distance of the pooled sample), and the share of
-    random relabellings of the pooled sample whose MMD² is at least as large."""
+    """(MMD², p-value): the (biased) squared maximum mean discrepancy between the two samples
+    with a Gaussian kernel whose bandwidth is the median distance of the pooled sample, and
+    the share of random relabellings of the pooled sample whose MMD² is at least as large.
+
+    With weights w (1/n on one sample, -1/m on the other), MMD² = w' K w: every relabelling is
+    one weight vector, so all permutations cost one matrix product."""
     reference, window = np.asarray(reference, float), np.asarray(window, float)
     if len(reference) < 2 or len(window) < 2:
         return 0.0, 1.0
     pooled = np.concatenate([reference, window])
-    distances = _squared_distances(pooled, pooled)
+    distances = np.maximum(_squared_distances(pooled, pooled), 0.0)
     bandwidth = np.median(distances[np.triu_indices(len(pooled), k=1)])
     kernel = np.exp(-distances / max(bandwidth, 1e-12))
-    n = len(reference)
-
-    def statistic(first: np.ndarray) -> float:
-        second = ~first
-        within_first = kernel[np.ix_(first, first)]
-        within_second = kernel[np.ix_(second, second)]
-        between = kernel[np.ix_(first, second)]
-        m1, m2 = first.sum(), second.sum()
-        # Unbiased: the diagonal (a point with itself) left out.
-        term1 = (within_first.sum() - np.trace(within_first)) / (m1 * (m1 - 1))
-        term2 = (within_second.sum() - np.trace(within_second)) / (m2 * (m2 - 1))
-        return float(term1 + term2 - 2 * between.mean())
-
-    labels = np.zeros(len(pooled), dtype=bool)
-    labels[:n] = True
-    observed = statistic(labels)
+    n, m = len(reference), len(window)
+    base = np.concatenate([np.full(n, 1.0 / n), np.full(m, -1.0 / m)])
     rng = np.random.default_rng(seed)
-    larger = sum(statistic(rng.permutation(labels)) >= observed for _ in range(permutations))
+    weights = np.stack([base] + [rng.permutation(base) for _ in range(permutations)])
+    statistics = np.einsum("pi,pi->p", weights @ kernel, weights)
+    observed = float(statistics[0])
+    larger = int(np.sum(statistics[1:] >= observed - 1e-12))
     return observed, (larger + 1) / (permutations + 1)

@@ -127,6 +127,7 @@ def run(
     plots_dir: Path = config.PLOTS_DIR,
     predictions_dir: Path = config.PREDICTIONS_DIR,
     live_dir: Path = config.DVCLIVE_DIR,
+    held_out_dir: Path = config.HELD_OUT_DIR,
 ) -> dict[str, Any]:
     """Evaluate the trained parts as a bundle on the test split, then build models/bundle:
     the same recipe refit on every labelled product (`predict.refit`), or the evaluated parts
@@ -163,12 +164,11 @@ def run(
         )
         profile = reference_profile(
             trained_on,
-            pd.concat([splits["val"], splits["test"]]),
-            evaluated,
+            Path(held_out_dir) / config.HELD_OUT_FILE,
+            list(labels.codes),
             shipped_image,
             features_dir,
             params["train_image"],
-            stage["batch_size"],
         )
         components["profile"] = Path(scratch) / "profile"
         profile.save(components["profile"])

@@ -18,10 +18,11 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
-from rakuten_classifier import image, text
+from rakuten_classifier import config, image, text
+from rakuten_classifier.calibration import log_probabilities
 from rakuten_classifier.config import logger
 from rakuten_classifier.data import load_labels, load_split
-from rakuten_classifier.files import read_json
+from rakuten_classifier.files import atomic_dir, read_json
 from rakuten_classifier.fusion import fit_fusion, weighted_f1
 
 
@@ -114,10 +115,12 @@ def train_fusion(
     image_dir: Path,
     features_dir: Path,
     out_dir: Path,
+    held_out_dir: Path = config.HELD_OUT_DIR,
 ) -> dict[str, dict[str, float]]:
     """The train_fusion stage: learn the combination on held-out predictions (the validation
-    split, plus out-of-fold predictions on the train split when `folds` > 1). Returns its
-    scores on all those held-out products and on the validation split alone."""
+    split, plus out-of-fold predictions on the train split when `folds` > 1), and keep those
+    predictions, fused, in `held_out_dir` (drift detection's reference of new products).
+    Returns the fusion's scores on all those held-out products and on the validation split."""
     settings = params["train_fusion"]
     val = load_split("val", processed_dir)
     # Validation photos go through the whole image model, exactly as the bundle serves them.
@@ -154,4 +157,14 @@ def train_fusion(
     }
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     fusion.save(out_dir)
+    fused = fusion.combine(text_held_out, image_held_out, has_image)
+    with atomic_dir(held_out_dir) as tmp:
+        np.savez(
+            tmp / config.HELD_OUT_FILE,
+            label=y,
+            predicted=fused.argmax(axis=1),
+            confidence=fused.max(axis=1),
+            text_log_probabilities=log_probabilities(text_held_out),
+            has_image=has_image,
+        )
     return fusion.validation

@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rakuten_classifier.bundle import BundlePrediction
-from rakuten_classifier.preprocess import product_text
-from rakuten_classifier.profiling import guess_language
+from rakuten_classifier.drift_profile import Profile
+from rakuten_classifier.reference import observation
 from rakuten_classifier.serve.inputs import Product
 from rakuten_classifier.serve.schemas import TOP_K
 
@@ -21,6 +21,7 @@ def prediction_row(
     product: Product,
     prediction: BundlePrediction,
     row: int,
+    profile: Profile | None,
     request_id: str,
     user: str | None,
     variant: str,
@@ -29,8 +30,6 @@ def prediction_row(
     latency_ms: float,
     store_texts: bool,
 ) -> dict[str, Any]:
-    width, height = product.photo_size or (None, None)
-    text = product_text(product.designation, product.description)
     return {
         "uid": uuid.uuid4().hex,
         "created_at": datetime.now(UTC),
@@ -40,15 +39,10 @@ def prediction_row(
         "variant": variant,
         "served": served,
         **{name: _text(product.metadata.get(name)) for name in _IDENTIFIERS},
-        "text_length": len(product.designation) + len(product.description),
-        "language": guess_language(text),
-        "has_photo": product.image is not None,
-        "photo_used": bool(prediction.image_used[row]),
-        "photo_width": width,
-        "photo_height": height,
+        **observation(
+            product.designation, product.description, product.photo_size, prediction, row, profile
+        ),
         "photo_bytes": len(product.image) if product.image is not None else None,
-        "prdtypecode": int(prediction.codes[row]),
-        "probability": float(prediction.confidence[row]),
         "top": [[code, probability] for code, probability in prediction.top(row, TOP_K)],
         "latency_ms": latency_ms,
         "designation": product.designation if store_texts else None,

@@ -300,6 +300,7 @@ def record(
             product=product,
             prediction=prediction,
             row=row,
+            profile=model.bundle.profile,
             request_id=request.state.request_id,
             user=getattr(request.state, "user", None),
             variant=model.variant,

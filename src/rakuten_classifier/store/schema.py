@@ -47,6 +47,12 @@ class Prediction(Base):
     # Only with RAKUTEN_API_STORE_TEXTS=true: product texts are the sellers' data.
     designation: Mapped[str | None] = mapped_column(Text)
     description: Mapped[str | None] = mapped_column(Text)
+    # For drift detection (migration 0002): the text model's log-probabilities, the photo's
+    # backbone features through the bundle profile's projection and its mean colour (None
+    # without a photo).
+    text_embedding: Mapped[list | None] = mapped_column(JSON)
+    image_embedding: Mapped[list | None] = mapped_column(JSON)
+    photo_colour: Mapped[list | None] = mapped_column(JSON)  # mean R, G, B of the photo
 
 
 class Feedback(Base):
@@ -65,4 +71,20 @@ class Feedback(Base):
     comment: Mapped[str | None] = mapped_column(Text)
 
 
-TABLES = {"predictions": Prediction, "feedback": Feedback}
+class DriftReport(Base):
+    """One drift check of a window of served predictions against a bundle's profile."""
+
+    __tablename__ = "drift_reports"
+
+    id: Mapped[int] = mapped_column(Identifier, primary_key=True, autoincrement=True)
+    uid: Mapped[str] = mapped_column(String(32), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    model_version: Mapped[str] = mapped_column(String(64))
+    window_start: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    window_end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    predictions: Mapped[int] = mapped_column(Integer)
+    drifted: Mapped[bool] = mapped_column(Boolean)
+    checks: Mapped[list] = mapped_column(JSON)  # one {name, statistic, p_value, drifted, ...} each
+
+
+TABLES = {"predictions": Prediction, "feedback": Feedback, "drift_reports": DriftReport}

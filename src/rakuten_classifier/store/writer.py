@@ -230,6 +230,7 @@ class StoreWriter:
 
     def _run(self) -> None:
         wait = RETRY_SECONDS[0]
+        failing = False  # logged once per outage
         while True:
             with self._wake:
                 if not self._queue and not self.spool.rows and not self._stopping:
@@ -243,10 +244,16 @@ class StoreWriter:
                     if stopping:
                         return
                     continue
-                wait = RETRY_SECONDS[0]
+                wait, failing = RETRY_SECONDS[0], False
             except SQLAlchemyError as error:
-                if self.stats.up:
-                    logger.error("store: database unavailable (%s); retrying", type(error).__name__)
+                if self.stats.up or not failing:
+                    first_line = str(error).splitlines()[0] if str(error) else ""
+                    logger.error(
+                        "store: cannot write to the database (%s: %s); retrying",
+                        type(error).__name__,
+                        first_line[:300],
+                    )
+                failing = True
                 self.stats.up = False
                 self._spill(self._take(len(self._queue) - self.max_queue))
                 with self._wake:
