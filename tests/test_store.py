@@ -5,6 +5,7 @@ SQLite (the embedded default) and on a real PostgreSQL server started by the tes
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -132,3 +133,41 @@ def test_the_spool_is_bounded_and_skips_a_torn_line(tmp_path: Path) -> None:
         handle.write(json.dumps(row, default=str)[:40])  # a crash in the middle of a line
     path, rows = spool.oldest()
     assert path == segment and len(rows) == 1 and rows[0].values["product_id"] == "a"
+
+
+def test_rows_spooled_while_a_segment_is_written_are_kept(tmp_path: Path) -> None:
+    """A segment being written to the database is sealed: a row that arrives meanwhile goes
+    to a new segment, and the written one's removal does not take it along."""
+    spool = Spool(tmp_path / "spool", max_bytes=1_000_000)
+    spool.append([Row("feedback", feedback("first", 10))], sync=True)
+    path, _ = spool.oldest()  # the writer reads the segment...
+    spool.append([Row("feedback", feedback("during", 20))], sync=True)  # ...feedback arrives
+    spool.remove(path)  # ...and the segment is written
+    assert spool.rows == 1
+    later = spool.oldest()
+    assert later is not None and later[1][0].values["product_id"] == "during"
+
+
+def test_every_durable_row_reaches_the_database_under_concurrent_writes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    writer = StoreWriter(url, tmp_path / "spool")
+    writer.start()
+    threads = [
+        threading.Thread(
+            target=lambda n=n: [
+                writer.submit_durable("feedback", feedback(f"p{n}-{i}", 10)) for i in range(50)
+            ]
+        )
+        for n in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert writer.flush(30)
+    writer.stop()
+    engine = connect(url)
+    try:
+        assert len(read_feedback(engine)) == 200
+    finally:
+        engine.dispose()

@@ -69,7 +69,9 @@ def _decode(values: dict[str, Any]) -> dict[str, Any]:
 
 class Spool:
     """Rows waiting on disk, oldest segment first. A segment is deleted only once all its rows
-    are in the database; a line torn by a crash is skipped with a warning."""
+    are in the database; a line torn by a crash is skipped with a warning. A segment being
+    written to the database is sealed: rows that arrive meanwhile go to a new one (else its
+    removal would take them along)."""
 
     def __init__(self, folder: Path, max_bytes: int) -> None:
         self.folder = Path(folder)
@@ -77,6 +79,7 @@ class Spool:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._counts = {path: self._count(path) for path in self.segments()}
+        self._sealed: set[Path] = set()
 
     def segments(self) -> list[Path]:
         return sorted(self.folder.glob("*.jsonl"))
@@ -102,7 +105,7 @@ class Spool:
                 raise SpoolFull(f"the spool {self.folder} holds {self.max_bytes} bytes already")
             segments = sorted(self._counts)
             last = segments[-1] if segments else None
-            if last is None or self._counts[last] >= SEGMENT_RECORDS:
+            if last is None or self._counts[last] >= SEGMENT_RECORDS or last in self._sealed:
                 number = int(last.stem) + 1 if last else 1
                 last = self.folder / f"{number:012d}.jsonl"
                 self._counts[last] = 0
@@ -118,6 +121,7 @@ class Spool:
             if not self._counts:
                 return None
             path = min(self._counts)
+            self._sealed.add(path)
         rows = []
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             try:
@@ -130,6 +134,7 @@ class Spool:
     def remove(self, path: Path) -> None:
         with self._lock:
             self._counts.pop(path, None)
+            self._sealed.discard(path)
             path.unlink(missing_ok=True)
 
 
