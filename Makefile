@@ -10,6 +10,7 @@ export KERAS_BACKEND := tensorflow
 export TF_CPP_MIN_LOG_LEVEL := 2
 
 .PHONY: setup run test test-fast lint lock bench-memory bench-dvc mlflow-env mlflow lock-mlflow
+.PHONY: airflow-env airflow retrain lock-airflow demo-loop
 setup: $(STAMP)
 
 # The virtual environment is rebuilt only when the lock file or the project metadata change.
@@ -26,8 +27,8 @@ run: setup
 	$(BIN)/dvc repro
 	$(BIN)/rakuten-classifier metrics
 
-# The tests start a real MLflow server from its environment.
-test: setup mlflow-env
+# The tests start a real MLflow server and run Airflow, each from its own environment.
+test: setup mlflow-env airflow-env
 	$(BIN)/pytest
 
 # The tests that need neither the pipeline run nor a server nor a long training: about a minute.
@@ -54,6 +55,41 @@ mlflow-env: $(MLFLOW_STAMP)
 mlflow: mlflow-env
 	deploy/mlflow/serve.sh
 
+# Airflow 3 (the retraining DAG, orchestration/) runs from its own environment too: it pins
+# fastapi<0.137. Its tasks call this project's .venv.
+AIRFLOW_VENV := .venv-airflow
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
+AIRFLOW_HOME ?= $(abspath .airflow)
+AIRFLOW_ENV := AIRFLOW_HOME=$(AIRFLOW_HOME) AIRFLOW__CORE__LOAD_EXAMPLES=False \
+	AIRFLOW__CORE__DAGS_FOLDER=$(abspath orchestration/dags)
+$(AIRFLOW_STAMP): orchestration/requirements.lock | $(STAMP)
+	python3 -m venv $(AIRFLOW_VENV)
+	$(BIN)/uv pip install --python $(AIRFLOW_VENV)/bin/python --quiet -r orchestration/requirements.lock
+	touch $@
+
+airflow-env: $(AIRFLOW_STAMP)
+
+# One run of the retraining DAG on this checkout, no scheduler (docs/monitoring.md): the store
+# (RAKUTEN_API_DATABASE_URL) and the registry (MLFLOW_TRACKING_URI) from the environment.
+retrain: setup airflow-env
+	$(AIRFLOW_ENV) $(AIRFLOW_VENV)/bin/airflow db migrate > /dev/null
+	$(AIRFLOW_ENV) $(AIRFLOW_VENV)/bin/airflow dags test rakuten_retraining
+
+# Airflow's UI, scheduler and the rest on http://127.0.0.1:8080 (`airflow standalone`: the
+# admin password is printed at start); the DAG runs daily. Ctrl+C stops it.
+airflow: setup airflow-env
+	$(AIRFLOW_ENV) AIRFLOW__API__HOST=127.0.0.1 $(AIRFLOW_VENV)/bin/airflow standalone
+
+# The whole production loop on 127.0.0.1 on a slice of the sample, in data/demo-loop: a clone
+# of HEAD reproduced, MLflow, the API, the exporter, Prometheus and Alertmanager (if installed),
+# traffic, drift, the retraining and promotion DAGs (docs/monitoring.md).
+demo-loop: setup mlflow-env airflow-env
+	$(PY) orchestration/demo_loop.py
+
+lock-airflow: setup
+	$(BIN)/uv pip compile orchestration/requirements.in --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 -o orchestration/requirements.lock
+
 lock-mlflow: setup
 	$(BIN)/uv pip compile deploy/mlflow/requirements.in --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 -o deploy/mlflow/requirements.lock
@@ -62,6 +98,17 @@ lock-mlflow: setup
 lock: setup
 	$(BIN)/uv pip compile pyproject.toml --extra dev --extra vectors --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 -o requirements.lock
+
+.PHONY: monitor dashboards
+# Prometheus (127.0.0.1:9090) and Alertmanager (127.0.0.1:9093) with monitoring/'s
+# configuration, scraping `make serve` and `rakuten-classifier exporter`; Debian's packages
+# (apt-get install prometheus prometheus-alertmanager). Data under data/monitoring. Ctrl-C stops.
+monitor:
+	monitoring/run.sh
+
+# Rewrite monitoring/grafana/dashboards/*.json from build_dashboards.py.
+dashboards: setup
+	$(PY) monitoring/grafana/build_dashboards.py
 
 .PHONY: serve bench-api
 # The prediction API on RAKUTEN_API_HOST:RAKUTEN_API_PORT (default 127.0.0.1:8000), serving

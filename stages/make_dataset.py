@@ -5,7 +5,7 @@ from pathlib import Path
 import _environment  # noqa: F401  (first: checks the environment, pins the numerics)
 import typer
 
-from rakuten_classifier import config, data
+from rakuten_classifier import config, dataset
 from rakuten_classifier.files import write_json
 
 
@@ -14,10 +14,13 @@ def main(
     raw_dir: Path = config.RAW_DIR,
     out_dir: Path = config.PROCESSED_DIR,
     summary_file: Path = config.METRICS_DIR / "data.json",
+    feedback_dir: Path = config.FEEDBACK_DIR,
 ) -> None:
     config.setup_logging()
     params = config.load_params(path=params_file)
-    summary = data.make_dataset(raw_dir, out_dir, params["make_dataset"], params["seed"])
+    summary = dataset.make_dataset(
+        raw_dir, out_dir, params["make_dataset"], params["seed"], feedback_dir
+    )
     write_json(summary_file, summary)
 
 

@@ -22,6 +22,7 @@ import httpx2
 import pytest
 from conftest import BIN, command_env
 from fastapi.testclient import TestClient
+from local_stack import free_port
 from PIL import Image
 
 from rakuten_classifier.bundle import MANIFEST_JSON, Bundle, load_bundle
@@ -55,6 +56,8 @@ def settings(**overrides: object) -> Settings:
 
 @contextmanager
 def serving(bundle: Bundle, **overrides: object) -> Iterator[TestClient]:
+    # A reload looks at the settings' bundle folder: the served one, never the repo's models/.
+    overrides.setdefault("bundle", bundle.path)
     with TestClient(create_app(settings(**overrides), bundle)) as client:
         yield client
 
@@ -145,12 +148,7 @@ class Server:
     url: str
     port: int
     log: Path
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    process: subprocess.Popen
 
 
 def serve_env(**variables: str) -> dict[str, str]:
@@ -204,7 +202,7 @@ def running_server(
             if time.monotonic() > deadline:
                 pytest.fail(f"the server did not come up:\n{log.read_text()}")
             time.sleep(0.5)
-        yield Server(url, port, log)
+        yield Server(url, port, log, process)
     finally:
         process.terminate()
         try:

@@ -13,7 +13,9 @@ from typing import Any
 
 import pandas as pd
 import pytest
-import yaml
+from demo_project import copy_unlabelled_and_tables, set_params
+
+from rakuten_classifier.traffic import load_products
 
 pytest_plugins = ["api_support", "services"]
 
@@ -91,25 +93,8 @@ def make_slice(dest: Path, classes: int = 7, per_class: int = 14, test_rows: int
     first = photo[chosen.index[chosen["has_photo"]][0]]
     truncated = dest / "images/image_train" / first.name
     truncated.write_bytes(first.read_bytes()[: first.stat().st_size // 2])
-    test = pd.read_csv(SAMPLE / "X_test_update.csv", index_col=0).head(test_rows)
-    test.to_csv(dest / "X_test_update.csv")
-    for row in test.itertuples():
-        name = f"image_{row.imageid}_product_{row.productid}.jpg"
-        shutil.copy2(SAMPLE / "images/image_test" / name, dest / "images/image_test")
-    for name in ("categories.csv", "class_counts_full_train.csv"):
-        shutil.copy2(SAMPLE / name, dest / name)
+    copy_unlabelled_and_tables(dest, test_rows)
     return dest
-
-
-def set_params(params_file: Path, overrides: dict[str, object]) -> None:
-    params = yaml.safe_load(params_file.read_text())
-    for dotted, value in overrides.items():
-        node = params
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def make_project(root: Path, overrides: dict[str, object] | None = None) -> Path:
@@ -117,7 +102,7 @@ def make_project(root: Path, overrides: dict[str, object] | None = None) -> Path
     slice of the sample as its data, ready for `dvc repro`."""
     for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
         shutil.copy2(REPO / name, root / name)
-    for folder in ("stages", "src"):
+    for folder in ("stages", "src", "data/feedback"):
         shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
     make_slice(root / "data" / "slice")
     set_params(root / "params.yaml", {**FAST_PARAMS, **(overrides or {})})
@@ -183,6 +168,25 @@ def bundle_dir(pipeline_run: PipelineRun) -> Path:
 @pytest.fixture(scope="session")
 def slice_dir(pipeline_run: PipelineRun) -> Path:
     return pipeline_run.root / "data" / "slice"
+
+
+@pytest.fixture(scope="session")
+def fresh_products(slice_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    """Real products of the slice's product types that its models never saw (the sample's
+    others), with their true types; their mix is uneven (4 to 24 per type), the slice's is
+    even."""
+    x = pd.read_csv(SAMPLE / "X_train_update.csv", index_col=0)
+    y = pd.read_csv(SAMPLE / "Y_train_CVw08PX.csv", index_col=0)
+    trained = pd.read_csv(slice_dir / "Y_train_CVw08PX.csv", index_col=0)
+    keep = y["prdtypecode"].isin(trained["prdtypecode"]) & ~y.index.isin(trained.index)
+    folder = tmp_path_factory.mktemp("fresh")
+    x[keep].to_csv(folder / "X.csv")
+    y[keep].to_csv(folder / "Y.csv")
+    products = load_products(folder / "X.csv", SAMPLE / "images/image_train",
+                                     folder / "Y.csv")  # fmt: skip
+    # In a random order: the sample's photos are not spread evenly over its rows, and the
+    # exporter checks windows of the traffic while it arrives.
+    return products.sample(frac=1.0, random_state=0)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -1,7 +1,7 @@
 """Real servers the tests start on 127.0.0.1 and stop afterwards: PostgreSQL (Debian's
 `postgresql` package, run as the `postgres` user in a temporary data directory) and the MLflow
-tracking server (from .venv-mlflow, built by `make mlflow-env`). Registered as a pytest plugin
-by conftest.py."""
+tracking server (from .venv-mlflow, built by `make mlflow-env`), and an S3 server (moto) for DVC
+remotes. Registered as a pytest plugin by conftest.py."""
 
 from __future__ import annotations
 
@@ -9,38 +9,23 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import boto3
 import httpx2
 import pytest
-from conftest import REPO
+from conftest import REPO, run
+from local_stack import free_port, wait_until
+from moto.server import ThreadedMotoServer
 
 POSTGRES_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
 MLFLOW_BIN = REPO / ".venv-mlflow" / "bin" / "mlflow"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except Exception:  # not up yet: connection refused, bad status
-            pass
-        time.sleep(0.3)
-    pytest.fail(f"{what} did not come up within {timeout:.0f} s")
+BUCKET = "dvc"  # the bucket name of the committed url (DagsHub's: s3://dvc)
+KEY_ID, SECRET = "test-key-id", "test-secret-never-in-git"
 
 
 @dataclass
@@ -180,3 +165,37 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """An S3 server on a free port of 127.0.0.1; nothing can reach the real AWS meanwhile:
+    no shared AWS files or instance metadata, and any other host goes to a closed proxy."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+            patch.delenv(name, raising=False)
+        patch.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+        patch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
+        patch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+            patch.setenv(name, "http://127.0.0.1:9")
+        patch.setenv("NO_PROXY", "127.0.0.1,localhost")
+        patch.setenv("no_proxy", "127.0.0.1,localhost")
+        client = boto3.client(
+            "s3", endpoint_url=endpoint, aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET
+        )
+        client.create_bucket(Bucket=BUCKET)
+        yield endpoint
+    server.stop()
+
+
+def point_remote_at(root: Path, endpoint: str) -> None:
+    """What the docs tell a user: the endpoint in the git-ignored local config."""
+    run(["dvc", "remote", "modify", "--local", "storage", "endpointurl", endpoint], root)
+    # A guard: never push anywhere but the local server.
+    assert run(["dvc", "config", "remote.storage.endpointurl"], root).stdout.strip() == endpoint

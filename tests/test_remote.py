@@ -10,15 +10,12 @@ import shutil
 import socket
 from pathlib import Path
 
-import boto3
 import pytest
 from conftest import REPO, PipelineRun, make_project, run
-from moto.server import ThreadedMotoServer
+from services import KEY_ID, SECRET, point_remote_at
 
 from rakuten_classifier.files import sha256_file
 
-BUCKET = "dvc"  # the bucket name of the committed url (DagsHub's: s3://dvc)
-KEY_ID, SECRET = "test-key-id", "test-secret-never-in-git"
 # Every DVC output of the pipeline, compared file by file between the two clones.
 OUTPUTS = (
     "data/raw",
@@ -31,40 +28,6 @@ OUTPUTS = (
     "dvclive",
 )
 EXPERIMENT = "fusion-stacking"
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    """An S3 server on a free port of 127.0.0.1; nothing can reach the real AWS meanwhile:
-    no shared AWS files or instance metadata, and any other host goes to a closed proxy."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    with pytest.MonkeyPatch.context() as patch:
-        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-            patch.delenv(name, raising=False)
-        patch.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
-        patch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
-        patch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
-            patch.setenv(name, "http://127.0.0.1:9")
-        patch.setenv("NO_PROXY", "127.0.0.1,localhost")
-        patch.setenv("no_proxy", "127.0.0.1,localhost")
-        client = boto3.client(
-            "s3", endpoint_url=endpoint, aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET
-        )
-        client.create_bucket(Bucket=BUCKET)
-        yield endpoint
-    server.stop()
-
-
-def point_remote_at(root: Path, endpoint: str) -> None:
-    """What the docs tell a user: the endpoint in the git-ignored local config."""
-    run(["dvc", "remote", "modify", "--local", "storage", "endpointurl", endpoint], root)
-    # A guard: never push anywhere but the local server.
-    assert run(["dvc", "config", "remote.storage.endpointurl"], root).stdout.strip() == endpoint
 
 
 def output_files(root: Path) -> dict[str, str]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from rakuten_classifier import cli_production, config
+from rakuten_classifier import cli_monitoring, cli_production, cli_retraining, config
 
 app = typer.Typer(
     help="Classify Rakuten France products (title, description, photo) into product types.",
@@ -14,6 +14,8 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(cli_production.app)
+app.add_typer(cli_monitoring.app)
+app.add_typer(cli_retraining.app)
 
 
 @app.callback()

@@ -22,7 +22,9 @@ app.add_typer(store_app, name="store")
 TRACKING_URI = typer.Option(
     None, "--tracking-uri", help="MLflow server [MLFLOW_TRACKING_URI, else http://127.0.0.1:5000]."
 )
-MODEL = typer.Option("rakuten", "--model", help="The registered model's name.")
+MODEL = typer.Option(
+    "rakuten", "--model", envvar="RAKUTEN_REGISTERED_MODEL", help="The registered model's name."
+)
 
 
 def database_url(given: str | None) -> str:
@@ -78,6 +80,9 @@ def promote(
     timing_products: int = typer.Option(
         100, min=1, help="Sample products (data.sample_dir) both models are timed on, here."
     ),
+    refused_exit_code: int = typer.Option(
+        1, help="The exit status when the gate refuses (the retraining DAG: 99, skipped)."
+    ),
 ) -> None:
     """Move the champion alias to the candidate through the promotion gate: prints the
     comparison and refuses (exit 1) with the reasons, unless --force with a --reason."""
@@ -130,7 +135,7 @@ def promote(
     )
     if not gate.passed and not force:
         typer.echo("refused: " + "; ".join(gate.reasons), err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(refused_exit_code)
     summary = "; ".join(f"{c.name}: {c.candidate} vs {c.champion}" for c in gate.checks)
     registry.move_alias(
         tracking_uri,

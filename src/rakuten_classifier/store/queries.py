@@ -62,3 +62,17 @@ def with_truth(predictions: pd.DataFrame, feedback: pd.DataFrame) -> pd.DataFram
         truth = found.fillna(truth)
     out["truth"] = truth
     return out
+
+
+def latest_served(engine: Engine, model_version: str, limit: int) -> pd.DataFrame:
+    """The `limit` latest predictions `model_version` served (drift detection's window)."""
+    query = (
+        select(Prediction.__table__)
+        .where(Prediction.model_version == model_version, Prediction.served.is_(True))
+        .order_by(Prediction.id.desc())
+        .limit(limit)
+    )
+    with engine.connect() as connection:
+        frame = pd.read_sql(query, connection)
+    frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
+    return frame.iloc[::-1].reset_index(drop=True)
