@@ -19,10 +19,10 @@ from rakuten_classifier.data import (
     check_images,
     load_labels,
     load_split,
-    make_dataset,
     read_labels,
     read_products,
 )
+from rakuten_classifier.dataset import make_dataset
 from rakuten_classifier.preprocess import (
     ImageError,
     clean_text,
