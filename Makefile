@@ -10,7 +10,7 @@ export KERAS_BACKEND := tensorflow
 export TF_CPP_MIN_LOG_LEVEL := 2
 
 .PHONY: setup run test test-fast lint lock bench-memory bench-dvc mlflow-env mlflow lock-mlflow
-.PHONY: airflow-env airflow retrain lock-airflow demo-loop
+.PHONY: airflow-env airflow retrain lock-airflow demo-loop lock-docker
 setup: $(STAMP)
 
 # The virtual environment is rebuilt only when the lock file or the project metadata change.
@@ -94,9 +94,14 @@ lock-mlflow: setup
 	$(BIN)/uv pip compile deploy/mlflow/requirements.in --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 -o deploy/mlflow/requirements.lock
 
-# Re-pin every dependency after editing pyproject.toml.
+# The images' runtime dependencies (deploy/docker): no test tools, the project lock's versions.
+lock-docker: setup
+	$(BIN)/uv pip compile pyproject.toml --extra vectors -c requirements.lock --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 -o deploy/docker/requirements.lock
+
+# Re-pin every dependency after editing pyproject.toml (then `make lock-docker`).
 lock: setup
-	$(BIN)/uv pip compile pyproject.toml --extra dev --extra vectors --python-version 3.11 \
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra vectors --extra bento --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 -o requirements.lock
 
 .PHONY: monitor dashboards
@@ -122,7 +127,14 @@ serve: setup
 bench-api: setup
 	$(PY) bench/api_load.py $(BENCH_API_ARGS)
 
-.PHONY: bench-memory bench-dvc
+.PHONY: bench-memory bench-dvc bench-cluster
+# Batch prediction in one process against a local Dask cluster (WORKERS single-threaded
+# processes) on the sample repeated COPIES times: products/s, the ratio, memory per worker.
+COPIES ?= 3
+WORKERS ?= 2
+bench-cluster: setup
+	$(PY) bench/cluster.py --bundle models/bundle --copies $(COPIES) --workers $(WORKERS)
+
 # Peak memory of import_raw, make_dataset and the photo pipeline on a synthetic copy of the
 # full data set's size (ROWS labelled products; PHOTOS: labelled photos per image run).
 ROWS ?= 84916

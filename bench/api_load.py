@@ -51,6 +51,15 @@ def cpu_model() -> str:
     return match[1].strip() if match else platform.processor() or "unknown CPU"
 
 
+def resident_mib(pid: int) -> tuple[float, float]:
+    """A process's resident memory now and at its peak (Linux: VmRSS and VmHWM), in MiB: the
+    figures the Kubernetes requests and limits are set from."""
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    return tuple(int(fields[key].split()[0]) / 1024 for key in ("VmRSS", "VmHWM"))
+
+
 def sample_products(sample_dir: Path) -> list[tuple[str, str, bytes | None]]:
     """The sample's labelled products: title, description and photo bytes (None if none)."""
     products = read_products(sample_dir / config.X_TRAIN_CSV)
@@ -184,6 +193,7 @@ def main() -> int:
             token = httpx2.post(
                 f"{url}/token", data={"username": "bench", "password": PASSWORD}, timeout=30
             ).json()["access_token"]
+            loaded_mib, _ = resident_mib(process.pid)
             print(
                 f"bundle: {args.bundle} (model {version}); {args.clients} clients, "
                 f"{args.duration:g} s per scenario after {args.warmup:g} s of warm-up\n"
@@ -210,6 +220,11 @@ def main() -> int:
                     f"{p99:>7.1f} {per_call:>19.1f} {errors:>6}"
                     + (f"  {result.errors}" if errors else "")
                 )
+            _, peak_mib = resident_mib(process.pid)
+            print(
+                f"\nserver memory: {loaded_mib:.0f} MiB resident once loaded, "
+                f"{peak_mib:.0f} MiB peak"
+            )
         finally:
             process.terminate()
             process.wait(timeout=60)

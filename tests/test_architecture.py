@@ -20,7 +20,16 @@ STAGES = REPO / "stages"
 # Lowest first. A module may import only modules of lower layers (docs/architecture.md).
 LAYERS: list[set[str]] = [
     {"config", "files", "reproducible", "store"},
-    {"calibration", "labels", "preprocess", "torch_reader", "download", "training", "profiling"},
+    {
+        "calibration",
+        "labels",
+        "preprocess",
+        "torch_reader",
+        "download",
+        "training",
+        "profiling",
+        "cluster",
+    },
     {"word_vectors", "data", "metrics", "fusion", "efficientnet_lite", "store.schema"},
     {"drift_stats", "drift_profile", "feedback_data"},
     {
@@ -33,8 +42,8 @@ LAYERS: list[set[str]] = [
         "store.queries",
         "traffic",
     },
-    {"recipes", "bundle", "store.writer"},
-    {"reference", "drift", "online_report"},
+    {"recipes", "bundle", "store.writer", "cluster_features"},
+    {"reference", "drift", "online_report", "cluster_predict"},
     {"drift_report", "feedback_export"},
     {"exporter"},
     {"evaluate", "pyfunc", "serve.errors", "serve.settings"},

@@ -179,3 +179,22 @@ def test_the_history_records_every_alias_move(pipeline_run: PipelineRun, uri: st
     assert forced["reason"].tolist() == ["rollback drill"]
     assert set(history["user"]) == {"tester"}
     assert "rollback drill" in result.stdout
+
+
+def test_pull_fills_the_model_cache_the_api_reads(
+    pipeline_run: PipelineRun, uri: str, tmp_path: Path
+) -> None:
+    """The Kubernetes init container's command: the champion's bundle lands where the API's
+    registry source finds it without downloading again."""
+    cache = tmp_path / "cache"
+    result = command(pipeline_run.root, uri, "registry", "pull", "--cache", str(cache),
+                     "--alias", "champion", "--alias", "challenger")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    champion = registry.resolve(uri, "rakuten", "champion")
+    assert f"champion: version {champion.version} in {cache}" in result.stdout
+    assert "challenger: none" in result.stderr
+    pulled = registry.download_bundle(uri, champion, cache)  # a cache hit: the same folder
+    assert load_bundle(pulled).version == champion.bundle_version
+    missing = command(pipeline_run.root, uri, "registry", "pull", "--cache", str(cache),
+                      "--model", "no-such-model")  # fmt: skip
+    assert missing.returncode != 0 and "no champion" in missing.stderr

@@ -41,10 +41,20 @@ def predict(
     bundle: Path = typer.Option(config.BUNDLE_DIR, help="Model bundle built by the pipeline."),
     out: Path = typer.Option(..., help="Where to write index,prdtypecode,probability."),
     batch_size: int = typer.Option(64, min=1, help="Products per model call."),
+    scheduler: str | None = typer.Option(
+        None,
+        envvar="RAKUTEN_DASK_SCHEDULER",
+        help="Dask scheduler address (tcp://host:8786): predict on that cluster, in "
+        "partitions; the bundle and photos must be readable by the workers at the same paths.",
+    ),
+    partition_rows: int = typer.Option(
+        2048, min=1, help="With --scheduler: products per partition (whole batches)."
+    ),
 ) -> None:
     """Predict the product type of every row of a CSV; rows without a usable photo are
     classified from their text."""
     from rakuten_classifier.bundle import BundleError, load_bundle, predict_csv
+    from rakuten_classifier.cluster_predict import predict_csv_on_cluster
     from rakuten_classifier.data import DataError
     from rakuten_classifier.preprocess import split_archive_path
 
@@ -53,7 +63,12 @@ def predict(
             "%s is not a folder: every product is classified from its text", image_dir
         )
     try:
-        predict_csv(load_bundle(bundle), x_csv, image_dir, out, batch_size)
+        if scheduler:
+            predict_csv_on_cluster(
+                scheduler, bundle, x_csv, image_dir, out, batch_size, partition_rows
+            )
+        else:
+            predict_csv(load_bundle(bundle), x_csv, image_dir, out, batch_size)
     except (BundleError, DataError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error

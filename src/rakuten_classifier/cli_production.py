@@ -28,9 +28,9 @@ MODEL = typer.Option(
 
 
 def database_url(given: str | None) -> str:
-    from rakuten_classifier.store.database import DATABASE_URL_VARIABLE, DEFAULT_URL
+    from rakuten_classifier.store.database import configured_url
 
-    return given or os.environ.get(DATABASE_URL_VARIABLE) or DEFAULT_URL
+    return configured_url(given)
 
 
 DATABASE = typer.Option(
@@ -172,6 +172,29 @@ def registry_history(tracking_uri: str = TRACKING_URI, model: str = MODEL) -> No
 
     table = registry.history(tracking_uri, model)
     typer.echo(table.to_string(index=False) if len(table) else "no alias move recorded")
+
+
+@registry_app.command("pull")
+def registry_pull(
+    cache: Path = typer.Option(..., help="The API's model cache (RAKUTEN_API_MODEL_CACHE)."),
+    alias: list[str] = typer.Option(["champion"], help="Aliases to download (repeatable)."),
+    tracking_uri: str = TRACKING_URI,
+    model: str = MODEL,
+) -> None:
+    """Download the bundles the aliases point to into a model cache, where the API finds them
+    at start (a Kubernetes init container). An alias that points nowhere is skipped; the
+    champion must exist."""
+    from rakuten_classifier import registry
+
+    for name in alias:
+        found = registry.resolve(tracking_uri, model, name)
+        if found is None:
+            if name == registry.CHAMPION:
+                raise fail(f"{model} has no {name} in the registry")
+            typer.echo(f"{name}: none", err=True)
+            continue
+        path = registry.download_bundle(tracking_uri, found, cache)
+        typer.echo(f"{name}: version {found.version} in {path}")
 
 
 @app.command("online-report")

@@ -5,6 +5,7 @@ shares, so a photo looks the same to the model in training, evaluation and servi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -262,25 +263,47 @@ def photo_rows(frame: pd.DataFrame, split: str = "labelled") -> pd.DataFrame:
 LABELLED_SPLITS = ("train", "val", "test")
 
 
-def extract_features(params: dict[str, Any], processed_dir: Path, out_dir: Path) -> dict:
+# Features of a split's photo rows (a frame with image_path) named `split`: (index, features).
+FeaturesOf = Callable[[pd.DataFrame, str], tuple[np.ndarray, np.ndarray]]
+
+
+def backbone_of(params: dict[str, Any]) -> InferenceFunction:
+    return InferenceFunction(
+        build_backbone(params["backbone"], params["weights"], params["image_size"])
+    )
+
+
+def extract_features(
+    params: dict[str, Any],
+    processed_dir: Path,
+    out_dir: Path,
+    features_of: FeaturesOf | None = None,
+) -> dict:
     """The image_features stage: the pooled features of a pretrained backbone for every usable
     photo of the labelled splits, computed once. Sweeps over the head (and every `dvc exp run`
     that keeps the backbone) reuse them instead of decoding and running the backbone again.
-    A backbone trained from scratch has no fixed features: nothing is written then."""
+    A backbone trained from scratch has no fixed features: nothing is written then.
+    `features_of` computes them elsewhere (a Dask cluster); by default, in this process."""
     summary: dict[str, Any] = {"pretrained": is_pretrained(params)}
     with atomic_dir(out_dir) as tmp:
         if summary["pretrained"]:
-            forward = InferenceFunction(
-                build_backbone(params["backbone"], params["weights"], params["image_size"])
-            )
+            if features_of is None:
+                forward = backbone_of(params)
+
+                def features_of(frame: pd.DataFrame, name: str) -> tuple[np.ndarray, np.ndarray]:
+                    return backbone_features(forward, frame, params["image_size"], name)
+
             for name in LABELLED_SPLITS:
                 frame = photo_rows(load_split(name, processed_dir), name)
-                index, features = backbone_features(forward, frame, params["image_size"], name)
+                index, features = features_of(frame, name)
                 np.savez(tmp / f"{name}.npz", index=index, features=features)
                 summary[name] = {"photos": len(features), "dims": features.shape[1]}
         write_json(tmp / FEATURES_JSON, {**summary, **{k: params[k] for k in FEATURE_PARAMS}})
     logger.info("image features: %s", summary)
     return summary
+
+
+FEATURES_BATCH = 32  # photos per backbone call (a cluster's partitions hold whole batches)
 
 
 def backbone_features(
@@ -289,7 +312,8 @@ def backbone_features(
     """Backbone features of the photos, streamed from disk in batches: (row index, features).
     Each photo carries its row index through the pipeline, so features stay matched to their
     product even if a photo fails to decode and is skipped."""
-    data = image_dataset(photos["image_path"].tolist(), photos.index.to_numpy(), size, 32, False, 0)
+    paths, rows = photos["image_path"].tolist(), photos.index.to_numpy()
+    data = image_dataset(paths, rows, size, FEATURES_BATCH, False, 0)
     # Filled in place: one copy of the features in memory (the full data's train split holds
     # 59k x 1280 floats, 300 MB), the photos streamed by tf.data.
     index = np.empty(len(photos), dtype=np.int64)

@@ -1,5 +1,7 @@
 """The API's settings: environment variables named RAKUTEN_API_<FIELD>, or the same names in a
-`.env` file in the working directory, over the defaults below.
+`.env` file in the working directory, over the defaults below. In a container, secrets come as
+files named after their variable (rakuten_api_secret, rakuten_api_database_url) in the folder
+RAKUTEN_SECRETS_DIR names (/run/secrets with compose secrets or Kubernetes Secret volumes).
 
 The server never reads params.yaml: a deployment has its bundle and its settings, nothing else.
 The input limits are listed under `serve:` in params.yaml too, for reference (a test keeps both
@@ -8,6 +10,7 @@ equal).
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rakuten_classifier import config
 from rakuten_classifier.preprocess import MAX_PIXELS
-from rakuten_classifier.store.database import DEFAULT_URL
+from rakuten_classifier.store.database import DEFAULT_URL, SECRETS_DIR_VARIABLE
 
 ENV_PREFIX = "RAKUTEN_API_"
 MIN_SECRET_BYTES = 32
@@ -43,7 +46,12 @@ class SettingsError(ValueError):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        extra="ignore",
+        secrets_dir=os.environ.get(SECRETS_DIR_VARIABLE) or None,
+    )
 
     secret: SecretStr | None = Field(None, description="JWT signing secret, >= 32 bytes")
     users: str = Field("", description="username:bcrypt_hash[:roles] entries, comma-separated")

@@ -3,6 +3,7 @@ the package)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from alembic import command
@@ -17,6 +18,19 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # (RAKUTEN_API_DATABASE_URL for the API, --database-url or the same variable for the commands).
 DEFAULT_URL = "sqlite:///data/store/predictions.db"
 DATABASE_URL_VARIABLE = "RAKUTEN_API_DATABASE_URL"
+# In a container the URL (it holds a password) is a file named after the variable, in lower
+# case, in this folder: /run/secrets with compose secrets or a Kubernetes Secret volume.
+SECRETS_DIR_VARIABLE = "RAKUTEN_SECRETS_DIR"
+
+
+def configured_url(given: str | None = None) -> str:
+    """The store's URL: `given`, else RAKUTEN_API_DATABASE_URL, else its secret file, else the
+    embedded SQLite default."""
+    if given or os.environ.get(DATABASE_URL_VARIABLE):
+        return given or os.environ[DATABASE_URL_VARIABLE]
+    secrets = os.environ.get(SECRETS_DIR_VARIABLE)
+    secret = Path(secrets) / DATABASE_URL_VARIABLE.lower() if secrets else None
+    return secret.read_text().strip() if secret and secret.is_file() else DEFAULT_URL
 
 
 def redacted(url: str) -> str:

@@ -1,0 +1,71 @@
+"""The image_features stage's backbone pass on a Dask cluster (RAKUTEN_DASK_SCHEDULER): each
+split's photos in partitions of whole batches, the backbone built once per worker under the
+pipeline's pinned numerics, the features gathered back in order. The stage writes the same
+bytes as in one process: the same batches through the same kernels with the same thread
+counts (rakuten_classifier.reproducible)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from rakuten_classifier.cluster import ModelOnWorker, rows_of, run_partitions, worker_model
+from rakuten_classifier.image import FEATURES_BATCH, backbone_features, backbone_of
+from rakuten_classifier.reproducible import ENVIRONMENT, pin_numerics
+
+
+class BackboneOnWorker(ModelOnWorker):
+    name = "rakuten-backbone"
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        super().__init__()
+        self.params = params
+
+    def setup(self, worker: object) -> None:
+        super().setup(worker)
+        # Too late to pin once TensorFlow has started: the features would differ in their
+        # last bits from the single process's.
+        unpinned = any(os.environ.get(k) != v for k, v in ENVIRONMENT.items())
+        if "tensorflow" in sys.modules and unpinned:
+            raise RuntimeError(
+                "this Dask worker started TensorFlow without the pipeline's numerics: start it "
+                "with " + " ".join(f"{k}={v}" for k, v in ENVIRONMENT.items())
+            )
+        pin_numerics()
+
+    def load(self) -> Any:
+        return backbone_of(self.params)
+
+
+def partition_features(photos: pd.DataFrame, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Runs on a worker: the backbone features of one partition's photos."""
+    return backbone_features(worker_model(BackboneOnWorker.name), photos, size)
+
+
+def features_on_cluster(
+    scheduler: str, params: dict[str, Any], partition_rows: int = 1024
+) -> Callable[[pd.DataFrame, str], tuple[np.ndarray, np.ndarray]]:
+    """A `features_of` for image.extract_features that runs on the cluster at `scheduler`."""
+
+    def features_of(frame: pd.DataFrame, name: str) -> tuple[np.ndarray, np.ndarray]:
+        rows = rows_of(partition_rows, FEATURES_BATCH)
+        chunks = [frame.iloc[start : start + rows] for start in range(0, len(frame), rows)]
+        parts = run_partitions(
+            scheduler,
+            BackboneOnWorker(params),
+            partition_features,
+            [(chunk, params["image_size"]) for chunk in chunks],
+            f"{name}-features",
+            [len(chunk) for chunk in chunks],
+            "photo",
+        )
+        if not parts:
+            return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    return features_of
