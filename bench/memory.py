@@ -1,19 +1,22 @@
-"""Peak memory of the pipeline's data steps on a scaled synthetic copy of the full data set.
+"""The whole pipeline at the full data set's size: every stage's wall time and peak memory on a
+scaled synthetic copy (bench/synthetic.py), and the backbone pass on a local Dask cluster.
 
     python bench/memory.py [--rows 84916] [--test-rows 13812] [--photos 1000 --photos 3000]
 
-Builds the copy (bench/synthetic.py), runs the real stage scripts on it as child processes and
-prints each one's peak resident memory (the kernel's maxrss of that child):
-- import_raw (the copy as `data.sample_dir`: CSVs copied, photos archived) and make_dataset
-  (reads the CSVs, checks all ~99k photos) on every row;
-- image_features and train_image (tf.data photo pipeline, pretrained backbone, validation
-  photos through the whole model) on the first N labelled photos for each `--photos` N, as CPU
-  time for 85k photos through the backbone is about 40 minutes. A straight line through those
-  points gives the estimate for every labelled photo of the full data set.
+The real stage scripts run as child processes; each one's peak is the kernel's maxrss of that
+child. On every row: import_raw, make_dataset (it checks all ~99k photos), tokenize and
+train_text. The stages whose cost grows with the photos (image_features, train_image,
+train_fusion with its 5-fold out-of-fold fits, predict with its refit) run on the same splits
+cut to about N labelled photos for each `--photos` N (rows cut in proportion), as CPU time for
+85k photos through the backbone is close to an hour here; a straight line through those points
+gives the full-size estimate. image_features runs a second time on a LocalCluster of
+`--workers` single-threaded processes (RAKUTEN_DASK_SCHEDULER), its files checked byte for byte
+against the single process's.
 """
 
 from __future__ import annotations
 
+import filecmp
 import os
 import shutil
 import subprocess
@@ -26,49 +29,95 @@ import numpy as np
 import pandas as pd
 import typer
 import yaml
+from distributed import Client, LocalCluster
 from synthetic import FULL_TEST_ROWS, FULL_TRAIN_ROWS, REPO, build_synthetic_copy
 
 from rakuten_classifier import config
+from rakuten_classifier.cluster import SCHEDULER_VARIABLE
+
+STAGES = REPO / "stages"
+TEXT_STAGES = ("tokenize_text", "train_text")
+PHOTO_STAGES = ("image_features", "train_image", "train_fusion", "predict")
+LIMIT_MIB = 3 * 1024  # every stage must fit in 3 GB at full size
 
 
-def run_step(name: str, args: list[str], cwd: Path) -> tuple[float, float]:
-    """Run one stage script; return its peak RSS in MiB and its wall time in seconds."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "RAKUTEN_LOG_LEVEL": "WARNING"}
+def run_step(name: str, script: str, cwd: Path, env: dict[str, str] | None = None) -> tuple:
+    """Run one stage script in `cwd`; return its peak RSS in MiB and its wall time in s."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "RAKUTEN_LOG_LEVEL": "WARNING", **(env or {})}
     started = time.perf_counter()
     with open(cwd / f"{name}.log", "wb") as log:
         child = subprocess.Popen(
-            [sys.executable, *args], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, str(STAGES / f"{script}.py")],
+            cwd=cwd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
-        # wait4 gives the resource usage of this one child (getrusage would give the
-        # largest over every child so far).
+        # wait4: the resource usage of this one child (getrusage: the largest of all so far).
         _, status, usage = os.wait4(child.pid, 0)
-        child.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - started
-    if child.returncode != 0:
-        raise SystemExit(f"{name} failed ({child.returncode}); see {cwd / f'{name}.log'}")
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{name} failed; see {cwd / f'{name}.log'}")
     peak = usage.ru_maxrss / 1024  # KiB on Linux
-    print(f"  {name:32s} peak RSS {peak:7.0f} MiB   {seconds:6.0f} s", flush=True)
+    print(f"  {name:40s} peak RSS {peak:7.0f} MiB   {seconds:6.0f} s", flush=True)
     return peak, seconds
 
 
-def capped_splits(processed: Path, dest: Path, photos: int) -> int:
-    """The same splits cut to about `photos` labelled photos in all (shares kept)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    total = sum(len(pd.read_parquet(config.split_path(s, processed))) for s in config.SPLITS)
+def capped_project(project: Path, photos: int) -> tuple[Path, int]:
+    """A project of its own whose splits are the full ones cut to about `photos` labelled
+    photos in all (shares kept); the photos themselves are the full project's."""
+    dest = project.parent / f"project-{photos}"
+    processed = dest / config.PROCESSED_DIR
+    processed.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(project / config.PARAMS_FILE, dest / config.PARAMS_FILE)
+    (dest / config.RAW_DIR).symlink_to(project / config.RAW_DIR)
+    source = project / config.PROCESSED_DIR
+    labelled = sum(len(pd.read_parquet(config.split_path(s, source))) for s in config.SPLITS)
     kept = 0
-    for split in config.SPLITS:
-        frame = pd.read_parquet(config.split_path(split, processed))
-        part = frame.head(round(len(frame) * photos / total))
-        part.to_parquet(config.split_path(split, dest))
-        kept += int(part["has_image"].sum())
-    shutil.copy2(processed / config.LABELS_JSON, dest / config.LABELS_JSON)
-    return kept
+    for split in (*config.SPLITS, config.UNLABELLED):  # every split cut by the same share
+        frame = pd.read_parquet(config.split_path(split, source))
+        part = frame.head(round(len(frame) * photos / labelled))
+        part.to_parquet(config.split_path(split, processed))
+        kept += int(part["has_image"].sum()) if split != config.UNLABELLED else 0
+    shutil.copy2(source / config.LABELS_JSON, processed / config.LABELS_JSON)
+    return dest, kept
+
+
+def peak_resident_mib() -> float:
+    status = Path("/proc/self/status").read_text()
+    line = next(line for line in status.splitlines() if line.startswith("VmHWM"))
+    return int(line.split()[1]) / 1024
+
+
+def features_on_cluster(project: Path, workers: int, kept: int) -> tuple[float, float, bool]:
+    """image_features again with a local cluster: wall s, the workers' largest peak MiB, and
+    whether its files are the single process's bytes."""
+    single = project / config.FEATURES_DIR
+    moved = project / "data" / "features-single"
+    single.rename(moved)
+    with (
+        LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        _, seconds = run_step(
+            f"image_features ({kept} photos, {workers} workers)",
+            "image_features",
+            project,
+            {SCHEDULER_VARIABLE: cluster.scheduler_address},
+        )
+        worker_peak = max(client.run(peak_resident_mib).values())
+    names = sorted(path.name for path in moved.iterdir())
+    same = filecmp.cmpfiles(moved, single, names, shallow=False)[0] == names
+    return seconds, worker_peak, same
 
 
 def main(
     rows: int = FULL_TRAIN_ROWS,
     test_rows: int = FULL_TEST_ROWS,
-    photos: list[int] = typer.Option([1000, 3000], help="labelled photos per image run"),
+    photos: list[int] = typer.Option([1000, 3000], help="labelled photos per photo run"),
+    workers: int = typer.Option(2, help="Dask workers for the backbone pass"),
     work_dir: Path | None = None,
 ) -> None:
     work = Path(work_dir or tempfile.mkdtemp(prefix="bench-memory-"))
@@ -78,53 +127,61 @@ def main(
     params = yaml.safe_load((REPO / config.PARAMS_FILE).read_text())
     params["data"]["sample_dir"] = str(synthetic)
     (project / config.PARAMS_FILE).write_text(yaml.safe_dump(params, sort_keys=False))
-    stages = REPO / "stages"
+    measured: dict[str, list[tuple[int, float, float]]] = {s: [] for s in PHOTO_STAGES}
+    cluster_runs = []
     try:
         if not synthetic.exists():
             build_synthetic_copy(synthetic, rows, test_rows)
-        print(f"\n{os.cpu_count()} CPUs; steps on {rows} + {test_rows} products", flush=True)
-        run_step("import_raw (all rows)", [str(stages / "import_raw.py")], project)
-        run_step("make_dataset (all rows)", [str(stages / "make_dataset.py")], project)
-        points: dict[str, list[tuple[int, float]]] = {"image_features": [], "train_image": []}
+        print(f"\n{os.cpu_count()} CPUs; {rows} + {test_rows} products", flush=True)
+        full = {}
+        for stage in ("import_raw", "make_dataset", *TEXT_STAGES):
+            full[stage] = run_step(f"{stage} (all rows)", stage, project)
         for cap in photos:
-            processed = project / "data" / f"processed-{cap}"
-            features = project / "data" / f"features-{cap}"
-            kept = capped_splits(project / config.PROCESSED_DIR, processed, cap)
-            options = ["--processed-dir", str(processed)]
-            peak, _ = run_step(
-                f"image_features ({kept} photos)",
-                [str(stages / "image_features.py"), *options, "--out-dir", str(features)],
-                project,
-            )
-            points["image_features"].append((kept, peak))
-            peak, _ = run_step(
-                f"train_image ({kept} photos)",
-                [
-                    str(stages / "train_image.py"),
-                    *options,
-                    "--features-dir",
-                    str(features),
-                    "--out-dir",
-                    str(project / "models" / f"image-{cap}"),
-                ],
-                project,
-            )
-            points["train_image"].append((kept, peak))
-        if len(photos) > 1:
-            print(f"\nstraight-line estimate for {rows} labelled photos:", flush=True)
-            for step, measured in points.items():
-                counts, peaks = zip(*measured, strict=True)
-                slope, intercept = np.polyfit(counts, peaks, 1)
-                estimate = intercept + slope * rows
-                print(
-                    f"  {step:16s} {intercept:6.0f} MiB + {slope * 1024:6.1f} KiB/photo "
-                    f"-> {estimate:7.0f} MiB",
-                    flush=True,
-                )
+            capped, kept = capped_project(project, cap)
+            for stage in TEXT_STAGES:  # what the photo stages need, at this size
+                run_step(f"{stage} ({kept} photos' rows)", stage, capped)
+            for stage in PHOTO_STAGES:
+                peak, seconds = run_step(f"{stage} ({kept} photos)", stage, capped)
+                measured[stage].append((kept, peak, seconds))
+            cluster_runs.append((kept, *features_on_cluster(capped, workers, kept)))
+        report(rows, full, measured, cluster_runs, workers)
     finally:
         if work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
 
 
-if __name__ == "__main__":
+def report(rows: int, full: dict, measured: dict, cluster_runs: list, workers: int) -> None:
+    """One table: each stage at full size, measured or extrapolated in a straight line."""
+    table = [
+        {"stage": stage, "how": "measured", "wall s": s, "peak MiB": peak}
+        for stage, (peak, s) in full.items()
+    ]
+    for stage, points in measured.items():
+        if len(points) < 2:
+            continue
+        counts, peaks, seconds = (np.array(column) for column in zip(*points, strict=True))
+        table.append(
+            {
+                "stage": stage,
+                "how": f"line through {', '.join(map(str, counts))} photos",
+                "wall s": np.polyval(np.polyfit(counts, seconds, 1), rows),
+                "peak MiB": np.polyval(np.polyfit(counts, peaks, 1), rows),
+            }
+        )
+    frame = pd.DataFrame(table)
+    frame["<= 3 GB"] = frame["peak MiB"] <= LIMIT_MIB
+    print(f"\nfull size ({rows} labelled products, one photo each):")
+    print(frame.round(0).to_string(index=False))
+    print(f"total: {frame['wall s'].sum() / 3600:.1f} h on this machine")
+    print(f"\nimage_features on {workers} Dask workers (LocalCluster, one thread each):")
+    for kept, seconds, worker_peak, same in cluster_runs:
+        single = next(s for n, _, s in measured["image_features"] if n == kept)
+        print(
+            f"  {kept:6d} photos: {seconds:5.0f} s (1 process: {single:.0f} s, "
+            f"{single / seconds:.2f}x); worker peak {worker_peak:.0f} MiB; "
+            f"same bytes as 1 process: {same}"
+        )
+
+
+if __name__ == "__main__":  # LocalCluster's worker processes import this module
     typer.run(main)

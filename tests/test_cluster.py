@@ -5,6 +5,7 @@ The answer must be byte for byte the single-process one, a worker killed mid-run
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -52,39 +53,53 @@ def dask_cluster(logs: Path, workers: int = 2) -> Iterator[Cluster]:
             command += ["--memory-limit", "0", "--name", f"worker-{number}"]
             log = logs / f"worker-{number}.log"
             ready = f"http://127.0.0.1:{health}/health"
-            started.append(stack.enter_context(process(command, log, ready, env=command_env())))
+            # In a folder of their own: paths relative to the client's would not resolve there.
+            started.append(
+                stack.enter_context(process(command, log, ready, env=command_env(), cwd=logs))
+            )
         yield Cluster(address, started)
 
 
-def predict(bundle: Path, out: Path, *options: str) -> subprocess.CompletedProcess:
-    command = ["rakuten-classifier", "predict", "--x-csv", str(X_CSV), "--image-dir", str(PHOTOS)]
+def predict(
+    bundle: Path, out: Path, *options: str, photos: Path = PHOTOS
+) -> subprocess.CompletedProcess:
+    command = ["rakuten-classifier", "predict", "--x-csv", str(X_CSV), "--image-dir", str(photos)]
     return run([*command, "--bundle", str(bundle), "--out", str(out), *BATCH, *options], out.parent)
 
 
+@dataclass
+class SingleProcess:
+    output: bytes
+    with_photo: int  # products whose photo was used
+
+
 @pytest.fixture(scope="module")
-def single_process(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> bytes:
+def single_process(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> SingleProcess:
     out = tmp_path_factory.mktemp("single") / "preds.csv"
-    predict(bundle_dir, out)
-    return out.read_bytes()
+    result = predict(bundle_dir, out)
+    used = re.search(r"(\d+) with their photo", result.stderr)
+    return SingleProcess(out.read_bytes(), int(used[1]))
 
 
 def test_the_cluster_predicts_the_single_process_bytes(
-    bundle_dir: Path, single_process: bytes, tmp_path: Path
+    bundle_dir: Path, single_process: SingleProcess, tmp_path: Path
 ) -> None:
     out = tmp_path / "preds.csv"
+    (tmp_path / "photos").symlink_to(PHOTOS)  # relative to the client's folder, not the workers'
     with dask_cluster(tmp_path / "logs") as cluster:
-        result = predict(bundle_dir, out, "--scheduler", cluster.address)
+        result = predict(bundle_dir, out, "--scheduler", cluster.address, photos=Path("photos"))
         assert "19 partitions of 48" in result.stderr
-    assert out.read_bytes() == single_process
+    assert out.read_bytes() == single_process.output
     assert len(out.read_text().splitlines()) == 877
     # Both workers took partitions, and the partitions' folder is gone once the output is in.
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert f"{single_process.with_photo} with a photo" in result.stderr  # read on the workers
     for number in range(2):
         assert "loaded model bundle" in (tmp_path / "logs" / f"worker-{number}.log").read_text()
 
 
 def test_a_worker_killed_mid_run_loses_nothing(
-    bundle_dir: Path, single_process: bytes, tmp_path: Path
+    bundle_dir: Path, single_process: SingleProcess, tmp_path: Path
 ) -> None:
     out = tmp_path / "preds.csv"
     with dask_cluster(tmp_path / "logs") as cluster:
@@ -110,7 +125,7 @@ def test_a_worker_killed_mid_run_loses_nothing(
         output, _ = client.communicate(timeout=600)
     assert client.returncode == 0, output
     assert killed_after < 19, "the run was over before the worker was killed"
-    assert out.read_bytes() == single_process
+    assert out.read_bytes() == single_process.output
 
 
 def test_partitions_hold_whole_batches() -> None:

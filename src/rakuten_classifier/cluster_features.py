@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from rakuten_classifier.cluster import ModelOnWorker, rows_of, run_partitions, worker_model
+from rakuten_classifier.config import logger
 from rakuten_classifier.image import FEATURES_BATCH, backbone_features, backbone_of
 from rakuten_classifier.reproducible import ENVIRONMENT, pin_numerics
 
@@ -53,6 +55,8 @@ def features_on_cluster(
     """A `features_of` for image.extract_features that runs on the cluster at `scheduler`."""
 
     def features_of(frame: pd.DataFrame, name: str) -> tuple[np.ndarray, np.ndarray]:
+        # The splits name photos relative to the project; a worker runs elsewhere.
+        frame = frame.assign(image_path=[str(Path(p).resolve()) for p in frame["image_path"]])
         rows = rows_of(partition_rows, FEATURES_BATCH)
         chunks = [frame.iloc[start : start + rows] for start in range(0, len(frame), rows)]
         parts = run_partitions(
@@ -66,6 +70,15 @@ def features_on_cluster(
         )
         if not parts:
             return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        index = np.concatenate([p[0] for p in parts])
+        if len(index) < len(frame):
+            logger.warning(
+                "%s: %d of %d photos could not be read on the workers (they need the same "
+                "files at the same paths)",
+                name,
+                len(frame) - len(index),
+                len(frame),
+            )
+        return index, np.concatenate([p[1] for p in parts])
 
     return features_of

@@ -82,7 +82,8 @@ def predict_csv_on_cluster(
     """The batch command on the cluster at `scheduler`; the photos' folder (or archive) must be
     readable by every worker under the same path. Returns the number of products predicted."""
     products = read_products(x_csv)
-    products["image_path"] = [str(path) for path in image_paths(products, image_dir)]
+    # Absolute: a worker runs in another folder (and machine: shared storage, same paths).
+    products["image_path"] = [str(p) for p in image_paths(products, Path(image_dir).resolve())]
     rows = rows_of(partition_rows, batch_size)
     parts_dir = parts_folder(out, x_csv, image_dir, bundle_dir, rows)
     parts_dir.mkdir(parents=True, exist_ok=True)
