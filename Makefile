@@ -135,8 +135,9 @@ WORKERS ?= 2
 bench-cluster: setup
 	$(PY) bench/cluster.py --bundle models/bundle --copies $(COPIES) --workers $(WORKERS)
 
-# Peak memory of import_raw, make_dataset and the photo pipeline on a synthetic copy of the
-# full data set's size (ROWS labelled products; PHOTOS: labelled photos per image run).
+# Every stage's wall time and peak memory on a synthetic copy of the full data set's size (ROWS
+# labelled products; PHOTOS: labelled photos per run of the photo stages, extrapolated), and
+# the backbone pass on a local 2-worker Dask cluster.
 ROWS ?= 84916
 PHOTOS ?= --photos 1000 --photos 3000
 bench-memory: setup

@@ -160,16 +160,20 @@ def report(rows: int, full: dict, measured: dict, cluster_runs: list, workers: i
         if len(points) < 2:
             continue
         counts, peaks, seconds = (np.array(column) for column in zip(*points, strict=True))
+        slope, intercept = np.polyfit(counts, peaks, 1)
+        # A peak that does not grow with the photos is start-up noise (TensorFlow's allocator):
+        # no line through it says anything about the full size.
         table.append(
             {
                 "stage": stage,
-                "how": f"line through {', '.join(map(str, counts))} photos",
+                "how": f"line through {', '.join(map(str, counts))} photos"
+                + ("" if slope > 0 else "; peak did not grow"),
                 "wall s": np.polyval(np.polyfit(counts, seconds, 1), rows),
-                "peak MiB": np.polyval(np.polyfit(counts, peaks, 1), rows),
+                "peak MiB": intercept + slope * rows if slope > 0 else np.nan,
             }
         )
     frame = pd.DataFrame(table)
-    frame["<= 3 GB"] = frame["peak MiB"] <= LIMIT_MIB
+    frame["<= 3 GB"] = frame["peak MiB"].map(lambda mib: "?" if np.isnan(mib) else mib <= LIMIT_MIB)
     print(f"\nfull size ({rows} labelled products, one photo each):")
     print(frame.round(0).to_string(index=False))
     print(f"total: {frame['wall s'].sum() / 3600:.1f} h on this machine")
