@@ -29,6 +29,7 @@ from pathlib import Path
 
 import httpx2
 import numpy as np
+from pipeline import resident_mib  # the figures the Kubernetes requests are set from
 
 from rakuten_classifier import config
 from rakuten_classifier.data import image_paths, read_products
@@ -49,15 +50,6 @@ def cpu_model() -> str:
     text = cpuinfo.read_text() if cpuinfo.exists() else ""
     match = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
     return match[1].strip() if match else platform.processor() or "unknown CPU"
-
-
-def resident_mib(pid: int) -> tuple[float, float]:
-    """A process's resident memory now and at its peak (Linux: VmRSS and VmHWM), in MiB: the
-    figures the Kubernetes requests and limits are set from."""
-    fields = dict(
-        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-    )
-    return tuple(int(fields[key].split()[0]) / 1024 for key in ("VmRSS", "VmHWM"))
 
 
 def sample_products(sample_dir: Path) -> list[tuple[str, str, bytes | None]]:

@@ -21,7 +21,7 @@ import pandas as pd
 import psutil
 import typer
 from distributed import Client, LocalCluster
-from pipeline import machine
+from pipeline import machine, resident_mib
 
 from rakuten_classifier import config
 from rakuten_classifier.bundle import load_bundle, predict_csv
@@ -37,15 +37,6 @@ def catalogue(folder: Path, copies: int) -> Path:
     path = folder / "X.csv"
     pd.concat(frames).to_csv(path)
     return path
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident set (Linux: VmHWM, in KiB)."""
-    status = Path("/proc/self/status").read_text()
-    return (
-        int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1])
-        / 1024
-    )
 
 
 def main(
@@ -65,7 +56,7 @@ def main(
         started = time.perf_counter()
         predict_csv(load_bundle(bundle), x_csv, photos, folder / "single.csv", batch_size)
         single_s = time.perf_counter() - started
-        single_mib = peak_rss_mib()
+        single_mib = resident_mib()[1]
 
         with (
             LocalCluster(
@@ -79,7 +70,7 @@ def main(
                 batch_size, partition_rows,
             )  # fmt: skip
             cluster_s = time.perf_counter() - started
-            worker_mib = client.run(peak_rss_mib)  # in each worker
+            worker_mib = {w: peak for w, (_, peak) in client.run(resident_mib).items()}
         same = (folder / "single.csv").read_bytes() == (folder / "cluster.csv").read_bytes()
 
     print(f"\nmachine: {machine()}; {psutil.virtual_memory().total / 2**30:.0f} GiB")

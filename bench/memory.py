@@ -30,6 +30,7 @@ import pandas as pd
 import typer
 import yaml
 from distributed import Client, LocalCluster
+from pipeline import resident_mib
 from synthetic import FULL_TEST_ROWS, FULL_TRAIN_ROWS, REPO, build_synthetic_copy
 
 from rakuten_classifier import config
@@ -83,12 +84,6 @@ def capped_project(project: Path, photos: int) -> tuple[Path, int]:
     return dest, kept
 
 
-def peak_resident_mib() -> float:
-    status = Path("/proc/self/status").read_text()
-    line = next(line for line in status.splitlines() if line.startswith("VmHWM"))
-    return int(line.split()[1]) / 1024
-
-
 def features_on_cluster(project: Path, workers: int, kept: int) -> tuple[float, float, bool]:
     """image_features again with a local cluster: wall s, the workers' largest peak MiB, and
     whether its files are the single process's bytes."""
@@ -107,7 +102,7 @@ def features_on_cluster(project: Path, workers: int, kept: int) -> tuple[float, 
             project,
             {SCHEDULER_VARIABLE: cluster.scheduler_address},
         )
-        worker_peak = max(client.run(peak_resident_mib).values())
+        worker_peak = max(peak for _, peak in client.run(resident_mib).values())
     names = sorted(path.name for path in moved.iterdir())
     same = filecmp.cmpfiles(moved, single, names, shallow=False)[0] == names
     return seconds, worker_peak, same

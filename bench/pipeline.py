@@ -56,6 +56,14 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} CPUs, {platform.system()}"
 
 
+def resident_mib(pid: int | str = "self") -> tuple[float, float]:
+    """A process's resident memory now and at its peak (Linux: VmRSS and VmHWM), in MiB."""
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    return tuple(int(fields[key].split()[0]) / 1024 for key in ("VmRSS", "VmHWM"))
+
+
 def copy_project(dest: Path) -> Path:
     dest.mkdir(parents=True)
     for name in PROJECT_FILES:

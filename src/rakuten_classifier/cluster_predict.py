@@ -38,7 +38,6 @@ class BundleOnWorker(ModelOnWorker):
 
 @dataclass(frozen=True)
 class PartitionDone:
-    rows: int
     with_photo: int
 
 
@@ -47,7 +46,7 @@ def predict_partition(products: pd.DataFrame, part_file: str, batch_size: int) -
     bundle = worker_model(BundleOnWorker.name)
     frame, prediction = predict_frame(bundle, products, batch_size, progress=False)
     write_predictions_csv(Path(part_file), frame)
-    return PartitionDone(len(frame), int(prediction.image_used.sum()))
+    return PartitionDone(int(prediction.image_used.sum()))
 
 
 def parts_folder(out: Path, x_csv: Path, image_dir: Path, bundle_dir: Path, rows: int) -> Path:
