@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -171,3 +173,28 @@ def test_every_durable_row_reaches_the_database_under_concurrent_writes(tmp_path
         assert len(read_feedback(engine)) == 200
     finally:
         engine.dispose()
+
+
+class SlowWriter(StoreWriter):
+    """A database that takes its time to commit a batch."""
+
+    def _insert(self, rows: Iterable[Row]) -> None:
+        time.sleep(0.5)
+        super()._insert(rows)
+
+
+def test_flush_waits_for_the_batch_being_written(tmp_path: Path) -> None:
+    """Rows taken off the queue are still backlog until committed: flush() returning True
+    means a reader sees them (the A/B test once read an empty table here)."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    writer = SlowWriter(url, tmp_path / "spool", batch_size=5)
+    writer.start()
+    for number in range(5):
+        writer.submit("predictions", prediction(f"s{number}"))
+    assert writer.flush(30)
+    engine = connect(url)
+    try:
+        assert len(read_predictions(engine)) == 5
+    finally:
+        engine.dispose()
+        writer.stop()

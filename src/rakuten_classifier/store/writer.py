@@ -163,6 +163,7 @@ class StoreWriter:
         self.batch_size = batch_size
         self.stats = StoreStats()
         self._queue: collections.deque[Row] = collections.deque()
+        self._in_flight = 0  # rows taken off the queue and not yet committed
         self._wake = threading.Condition()
         self._stopping = False
         self._engine: Engine | None = None
@@ -187,7 +188,8 @@ class StoreWriter:
     @property
     def backlog(self) -> int:
         """Rows accepted and not yet in the database."""
-        return len(self._queue) + self.spool.rows
+        with self._wake:
+            return len(self._queue) + self._in_flight + self.spool.rows
 
     # --- the thread -------------------------------------------------------------------------
 
@@ -283,7 +285,9 @@ class StoreWriter:
             self._insert(rows)
             self.spool.remove(path)
             return True
-        rows = self._take(self.batch_size)
+        with self._wake:
+            rows = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
+            self._in_flight = len(rows)  # still backlog: flush() must not return mid-insert
         if not rows:
             return False
         try:
@@ -292,6 +296,9 @@ class StoreWriter:
             with self._wake:
                 self._queue.extendleft(reversed(rows))
             raise
+        finally:
+            with self._wake:
+                self._in_flight = 0
         return True
 
     def _insert(self, rows: Iterable[Row]) -> None:
