@@ -33,6 +33,7 @@ from pipeline import resident_mib  # the figures the Kubernetes requests are set
 
 from rakuten_classifier import config
 from rakuten_classifier.data import image_paths, read_products
+from rakuten_classifier.preprocess import read_photo
 from rakuten_classifier.serve.security import hash_password
 
 PASSWORD = secrets.token_urlsafe(16)
@@ -57,7 +58,7 @@ def sample_products(sample_dir: Path) -> list[tuple[str, str, bytes | None]]:
     products = read_products(sample_dir / config.X_TRAIN_CSV)
     paths = image_paths(products, sample_dir / config.IMAGE_TRAIN_DIR)
     return [
-        (title, description, path.read_bytes() if path.is_file() else None)
+        (title, description, read_photo(path, missing_ok=True))
         for title, description, path in zip(
             products["designation"], products["description"], paths, strict=True
         )

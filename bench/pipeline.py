@@ -114,7 +114,7 @@ def bench_prediction(bundle_dir: Path, sample: Path, scratch: Path) -> dict[str,
     bundle = load_bundle(bundle_dir)
     products = read_products(sample / config.X_TRAIN_CSV)
     photo_dir = sample / config.IMAGE_TRAIN_DIR
-    has_photo = pd.Series([path.exists() for path in image_paths(products, photo_dir)])
+    has_photo = pd.Series([Path(p).exists() for p in image_paths(products, photo_dir)])
     inputs = {
         "text only": products[~has_photo.to_numpy()],
         "text + photo": products[has_photo.to_numpy()],

@@ -16,6 +16,7 @@ from local_stack import free_port, process
 from prometheus_client.parser import text_string_to_metric_families
 
 from rakuten_classifier.data import image_paths, read_products
+from rakuten_classifier.preprocess import read_photo
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,8 @@ def test_answers_are_the_batch_commands_and_requests_share_model_calls(
     products = read_products(x_csv)
     bodies = []
     for (_, row), path in zip(products.iterrows(), image_paths(products, photos), strict=True):
-        photo = base64.b64encode(path.read_bytes()).decode() if path.is_file() else None
+        data = read_photo(path, missing_ok=True)
+        photo = base64.b64encode(data).decode() if data else None
         description = None if pd.isna(row["description"]) else row["description"]
         product = {"designation": row["designation"], "description": description}
         bodies.append({"products": [{**product, "image_base64": photo}]})

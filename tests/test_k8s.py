@@ -12,6 +12,7 @@ import pytest
 import yaml
 from conftest import BIN, REPO
 from deploy_support import THIRD_PARTY, envvars_of, parsed_command
+from distributed.cli import dask_scheduler, dask_worker
 
 from rakuten_classifier.serve.routes import public
 from rakuten_classifier.serve.settings import ENV_PREFIX, Settings
@@ -177,3 +178,63 @@ def test_disruptions_and_scaling_leave_the_api_answering(overlay: tuple[str, lis
     assert deployment["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     api = container(objects, "Deployment", "rakuten-api")
     assert api["resources"]["requests"]["memory"] and api["resources"]["limits"]["memory"]
+
+
+# --- the Dask cluster as dask-kubernetes operator resources ----------------------------------
+
+DASK_COMMANDS = {"worker": dask_worker.main, "scheduler": dask_scheduler.main}
+
+
+def dask_pods(objects: list[dict]) -> dict[str, dict]:
+    """The pod specs the operator would create from its resources, as Pods (keyed by where
+    they come from), and the scheduler services as Services: what the schemas can check."""
+    wrapped = {}
+
+    def cluster(prefix: str, spec: dict) -> None:
+        wrapped[f"{prefix}/scheduler"] = {"kind": "Pod", "spec": spec["scheduler"]["spec"]}
+        wrapped[f"{prefix}/service"] = {"kind": "Service", "spec": spec["scheduler"]["service"]}
+        wrapped[f"{prefix}/worker"] = {"kind": "Pod", "spec": spec["worker"]["spec"]}
+
+    for resource in objects:
+        name = f"{resource['kind']}/{resource['metadata']['name']}"
+        if resource["kind"] == "DaskCluster":
+            cluster(name, resource["spec"])
+        elif resource["kind"] == "DaskJob":
+            cluster(name, resource["spec"]["cluster"]["spec"])
+            wrapped[f"{name}/job"] = {"kind": "Pod", "spec": resource["spec"]["job"]["spec"]}
+    for key, value in wrapped.items():
+        value.update(apiVersion="v1", metadata={"name": key.lower().replace("/", "-")})
+    return wrapped
+
+
+def test_the_dask_operator_resources_hold_valid_pods_that_run_real_commands(
+    tmp_path: Path,
+) -> None:
+    """No cluster here, so no operator either: the DaskCluster, DaskJob and DaskAutoscaler are
+    checked by what they hold (pod and service specs, strictly against the Kubernetes schemas)
+    and by their commands, parsed by dask's and the project's own command-line interfaces."""
+    objects = render(K8S / "dask-operator")
+    assert {o["kind"] for o in objects} == {"DaskCluster", "DaskJob", "DaskAutoscaler"}
+    pods = dask_pods(objects)
+    result = validate(list(pods.values()), tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    autoscaler = find(objects, "DaskAutoscaler", "rakuten-dask")["spec"]
+    assert find(objects, "DaskCluster", autoscaler["cluster"])
+    assert 1 <= autoscaler["minimum"] <= autoscaler["maximum"]
+    for key, pod in pods.items():
+        if pod["kind"] == "Service":
+            labels = pod["spec"]["selector"]
+            assert labels["dask.org/component"] == "scheduler"
+            assert labels["dask.org/cluster-name"] == key.split("/")[1]
+            continue
+        (box,) = pod["spec"]["containers"]
+        if key.endswith("/job"):
+            _, options = parsed_command(["rakuten-classifier", "predict", *box["args"]])
+            assert options["scheduler"] == "$(DASK_SCHEDULER_ADDRESS)"  # the operator's variable
+        else:
+            assert box["command"][:2] == ["dask", key.rsplit("/", 1)[1]], key
+            DASK_COMMANDS[box["command"][1]].make_context("dask", list(box["command"][2:]))
+            assert box["image"].startswith("rakuten-classifier/predict"), key
+        if key.endswith("/worker"):
+            assert box["command"][2] == "$(DASK_SCHEDULER_ADDRESS)"
+            assert {"mountPath": "/data", "name": "catalogue"} in box["volumeMounts"]

@@ -4,18 +4,21 @@ photos are reported as before."""
 
 from __future__ import annotations
 
+import io
 import threading
 import zipfile
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import boto3
 import numpy as np
 import pytest
 from conftest import SAMPLE, make_slice
+from services import BUCKET, KEY_ID, SECRET
 
 from rakuten_classifier import config, raw_import
-from rakuten_classifier.data import check_images
+from rakuten_classifier.data import check_images, image_paths, read_products
 from rakuten_classifier.files import sha256_file
 from rakuten_classifier.preprocess import ImageError, read_photo, split_archive_path
 from rakuten_classifier.raw_import import archive_photos, import_raw, import_sample
@@ -131,3 +134,33 @@ def test_photos_are_scored_one_batch_at_a_time_with_the_same_result(tmp_path: Pa
     assert streamed.shape == (7, 3)
     np.testing.assert_allclose(streamed, model.logits(load_pixels(photos, 32)), rtol=1e-5)
     assert model.logits_of_photos([]).shape == (0, 3)
+
+
+def test_photos_on_s3_plain_and_through_an_archive(
+    s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the Dask workers read when the photos are on S3 (moto on 127.0.0.1): the original
+    bytes, whether the photo is an object or a member of an archive object; a photo that is
+    not there is "missing", as on disk."""
+    photos = photos_of(SAMPLE / "images" / "image_train")[:3]
+    client = boto3.client(
+        "s3", endpoint_url=s3_endpoint, aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET
+    )
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for photo in photos:
+            archive.write(photo, f"image_train/{photo.name}")
+            client.put_object(Bucket=BUCKET, Key=f"loose/{photo.name}", Body=photo.read_bytes())
+    client.put_object(Bucket=BUCKET, Key="raw/images.zip", Body=buffer.getvalue())
+    for name, value in {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": KEY_ID}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    inside = f"s3://{BUCKET}/raw/images.zip/image_train"
+    locations = image_paths(read_products(SAMPLE / "X_train_update.csv"), inside)
+    assert all(location.startswith(inside + "/image_") for location in locations)
+    for photo in photos:
+        assert read_photo(f"{inside}/{photo.name}") == photo.read_bytes()
+        assert read_photo(f"s3://{BUCKET}/loose/{photo.name}") == photo.read_bytes()
+    assert check_images([f"{inside}/{photos[0].name}", f"{inside}/none.jpg"]) == [None, "missing"]
+    with pytest.raises(ImageError, match="no such photo"):
+        read_photo(f"s3://{BUCKET}/loose/none.jpg")

@@ -295,12 +295,12 @@ def _concatenate(parts: list[BundlePrediction], labels: LabelMap) -> BundlePredi
 
 
 def predict_csv(
-    bundle: Bundle, x_csv: Path, image_dir: Path, out: Path, batch_size: int = 64
+    bundle: Bundle, x_csv: Path, image_dir: str | Path, out: Path, batch_size: int = 64
 ) -> pd.DataFrame:
     """The batch command: a products CSV in the challenge layout in, `index,prdtypecode,
     probability` out (written atomically). Rows without a usable photo use their text."""
     products = read_products(x_csv)
-    products["image_path"] = [str(path) for path in image_paths(products, image_dir)]
+    products["image_path"] = image_paths(products, image_dir)
     frame, prediction = predict_frame(bundle, products, batch_size)
     write_predictions_csv(out, frame)
     problems = pd.Series([p for p in prediction.image_problems if p]).value_counts()

@@ -33,10 +33,11 @@ def predict(
         ...,
         help="Products CSV in the challenge layout (,designation,description,productid,imageid).",
     ),
-    image_dir: Path = typer.Option(
+    image_dir: str = typer.Option(
         ...,
         help="Folder of the photos, image_<imageid>_product_<productid>.jpg, or a folder "
-        "inside a zip archive (data/raw/images.zip/image_test).",
+        "inside a zip archive (data/raw/images.zip/image_test); either may be a URL read "
+        "through fsspec (s3://bucket/raw/images.zip/image_test; endpoint and keys from AWS_*).",
     ),
     bundle: Path = typer.Option(config.BUNDLE_DIR, help="Model bundle built by the pipeline."),
     out: Path = typer.Option(..., help="Where to write index,prdtypecode,probability."),
@@ -56,9 +57,10 @@ def predict(
     from rakuten_classifier.bundle import BundleError, load_bundle, predict_csv
     from rakuten_classifier.cluster_predict import predict_csv_on_cluster
     from rakuten_classifier.data import DataError
-    from rakuten_classifier.preprocess import split_archive_path
+    from rakuten_classifier.preprocess import is_url, split_archive_path
 
-    if not image_dir.is_dir() and split_archive_path(image_dir) is None:
+    local = not is_url(image_dir)
+    if local and not Path(image_dir).is_dir() and split_archive_path(image_dir) is None:
         config.logger.warning(
             "%s is not a folder: every product is classified from its text", image_dir
         )

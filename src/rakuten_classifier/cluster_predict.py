@@ -23,6 +23,7 @@ from rakuten_classifier.cluster import ModelOnWorker, rows_of, run_partitions, w
 from rakuten_classifier.config import logger
 from rakuten_classifier.data import image_paths, read_products, write_predictions_csv
 from rakuten_classifier.files import atomic_path, sha256_file
+from rakuten_classifier.preprocess import absolute_location
 
 
 class BundleOnWorker(ModelOnWorker):
@@ -49,7 +50,9 @@ def predict_partition(products: pd.DataFrame, part_file: str, batch_size: int) -
     return PartitionDone(int(prediction.image_used.sum()))
 
 
-def parts_folder(out: Path, x_csv: Path, image_dir: Path, bundle_dir: Path, rows: int) -> Path:
+def parts_folder(
+    out: Path, x_csv: Path, image_dir: str | Path, bundle_dir: Path, rows: int
+) -> Path:
     """Where a run's partitions go: beside the output, named after everything that decides
     their bytes, so a rerun of the same command finds (and keeps) the finished ones."""
     key = "|".join(
@@ -73,7 +76,7 @@ def predict_csv_on_cluster(
     scheduler: str,
     bundle_dir: Path,
     x_csv: Path,
-    image_dir: Path,
+    image_dir: str | Path,
     out: Path,
     batch_size: int = 64,
     partition_rows: int = 2048,
@@ -82,7 +85,7 @@ def predict_csv_on_cluster(
     readable by every worker under the same path. Returns the number of products predicted."""
     products = read_products(x_csv)
     # Absolute: a worker runs in another folder (and machine: shared storage, same paths).
-    products["image_path"] = [str(p) for p in image_paths(products, Path(image_dir).resolve())]
+    products["image_path"] = image_paths(products, absolute_location(image_dir))
     rows = rows_of(partition_rows, batch_size)
     parts_dir = parts_folder(out, x_csv, image_dir, bundle_dir, rows)
     parts_dir.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,7 +13,12 @@ from rakuten_classifier import config
 from rakuten_classifier.config import logger
 from rakuten_classifier.files import atomic_path, read_json
 from rakuten_classifier.labels import TARGET, LabelMap
-from rakuten_classifier.preprocess import check_photo, has_visible_text, product_text
+from rakuten_classifier.preprocess import (
+    check_photo,
+    has_visible_text,
+    photo_location,
+    product_text,
+)
 
 X_COLUMNS = ("designation", "description", "productid", "imageid")
 ID_COLUMNS = ("productid", "imageid")
@@ -131,14 +137,15 @@ def image_filename(imageid: int, productid: int) -> str:
     return f"image_{imageid}_product_{productid}.jpg"
 
 
-def image_paths(products: pd.DataFrame, image_dir: Path) -> list[Path]:
+def image_paths(products: pd.DataFrame, image_dir: str | os.PathLike[str]) -> list[str]:
+    """Each product's photo location in `image_dir` (a folder, through an archive, or a URL)."""
     return [
-        Path(image_dir) / image_filename(imageid, productid)
+        photo_location(image_dir, image_filename(imageid, productid))
         for imageid, productid in zip(products["imageid"], products["productid"], strict=True)
     ]
 
 
-def check_images(paths: list[Path], workers: int = 4, chunk: int = 1024) -> list[str | None]:
+def check_images(paths: list[str], workers: int = 4, chunk: int = 1024) -> list[str | None]:
     """For each photo, None if usable, else why not (missing, unknown format, too large,
     truncated...): every photo is decoded, so what passes here decodes in training too."""
     problems: list[str | None] = []
@@ -165,7 +172,7 @@ def product_frame(products: pd.DataFrame, image_dir: Path, check: bool = True) -
         for title, description in zip(frame["designation"], frame["description"], strict=True)
     ]
     paths = image_paths(frame, image_dir)
-    frame["image_path"] = [str(path) for path in paths]
+    frame["image_path"] = paths
     problems = check_images(paths) if check else [None] * len(paths)
     frame["image_problem"] = problems
     frame["has_image"] = [problem is None for problem in problems]

@@ -19,6 +19,7 @@ import unicodedata
 import zipfile
 from pathlib import Path
 
+import fsspec
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -94,11 +95,33 @@ class ImageError(ValueError):
 
 # A photo is a file, or a member of a zip archive written as a path through the archive:
 # data/raw/images.zip/image_train/image_<imageid>_product_<productid>.jpg
+# Either may be a URL read through fsspec (s3://bucket/raw/images.zip/image_train/...), for
+# Dask workers on other machines: s3fs takes its endpoint and keys from the AWS_* variables.
 ARCHIVE_SUFFIX = ".zip"
 
 
+def is_url(location: str | os.PathLike[str]) -> bool:
+    return "://" in str(location)
+
+
+def photo_location(folder: str | os.PathLike[str], name: str) -> str:
+    """Where photo `name` is in `folder` (a folder, a folder through an archive, or a URL of
+    either; Path would fold a URL's "//")."""
+    if is_url(folder):
+        return f"{str(folder).rstrip('/')}/{name}"
+    return str(Path(folder) / name)
+
+
+def absolute_location(folder: str | os.PathLike[str]) -> str:
+    """`folder` as another process in another folder (a Dask worker) reads it."""
+    return str(folder) if is_url(folder) else str(Path(folder).resolve())
+
+
 def split_archive_path(location: str | os.PathLike[str]) -> tuple[Path, str] | None:
-    """(archive file, member name) when `location` goes through a zip archive, else None."""
+    """(archive file, member name) when `location` goes through a local zip archive, else
+    None."""
+    if is_url(location):
+        return None
     archive, separator, member = Path(location).as_posix().partition(ARCHIVE_SUFFIX + "/")
     if separator and Path(archive + ARCHIVE_SUFFIX).is_file():
         return Path(archive + ARCHIVE_SUFFIX), member
@@ -112,16 +135,42 @@ def _open_archive(path: Path, mtime_ns: int, size: int) -> zipfile.ZipFile:
     return zipfile.ZipFile(path)
 
 
+@functools.lru_cache(maxsize=4)
+def _open_remote_archive(url: str) -> fsspec.AbstractFileSystem:
+    # The directory is read once (ranged reads), then each member on its own: the archive is
+    # never downloaded whole. A remote archive replaced during a run is not noticed.
+    return fsspec.filesystem("zip", fo=url)
+
+
 # Threads starting together would each parse the archive before the cache holds it.
 _ARCHIVE_LOCK = threading.Lock()
 
 
-def read_photo(location: str | os.PathLike[str], missing_ok: bool = False) -> bytes | None:
-    """The bytes of a photo file or archive member. A missing photo raises ImageError
-    ("missing"), or gives None with `missing_ok`; an unreadable archive member is "corrupt"."""
-    inside = split_archive_path(location)
+def _read_remote(url: str) -> bytes | None:
+    """A photo at a URL, or None if there is none there; other failures (an unreachable
+    store, refused keys) raise: a run must not quietly classify everything from its text."""
+    archive, separator, member = url.partition(ARCHIVE_SUFFIX + "/")
     try:
-        if inside is None:
+        if separator:
+            with _ARCHIVE_LOCK:
+                opened = _open_remote_archive(archive + ARCHIVE_SUFFIX)
+            return opened.cat_file(member)
+        filesystem, path = fsspec.core.url_to_fs(url)
+        return filesystem.cat_file(path)
+    except (FileNotFoundError, KeyError):
+        return None
+
+
+def read_photo(location: str | os.PathLike[str], missing_ok: bool = False) -> bytes | None:
+    """The bytes of a photo file or archive member, local or at a URL. A missing photo raises
+    ImageError ("missing"), or gives None with `missing_ok`; an unreadable archive member is
+    "corrupt"."""
+    try:
+        if is_url(location):
+            data = _read_remote(str(location))
+            if data is not None:
+                return data
+        elif (inside := split_archive_path(location)) is None:
             if Path(location).is_file():
                 return Path(location).read_bytes()
         else:

@@ -21,6 +21,7 @@ from rakuten_classifier import config
 from rakuten_classifier.bundle import Bundle
 from rakuten_classifier.data import image_paths, read_products
 from rakuten_classifier.online_report import Comparison
+from rakuten_classifier.preprocess import read_photo
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,7 @@ def timing_products(limit: int = 100, sample_dir: Path = config.SAMPLE_DIR) -> p
     on: the same products for both, in the same process."""
     products = read_products(sample_dir / config.X_TEST_CSV).head(limit)
     photos = image_paths(products, sample_dir / config.IMAGE_TEST_DIR)
-    products["image"] = [path.read_bytes() if path.is_file() else None for path in photos]
+    products["image"] = [read_photo(path, missing_ok=True) for path in photos]
     return products
 
 

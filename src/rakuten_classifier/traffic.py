@@ -75,7 +75,7 @@ def load_products(
     if y_csv is not None:
         products["prdtypecode"] = read_labels(y_csv, products)
     products = products.head(limit) if limit else products
-    products["image_path"] = [str(path) for path in image_paths(products, image_dir)]
+    products["image_path"] = image_paths(products, image_dir)
     return products
 
 
