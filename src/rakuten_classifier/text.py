@@ -230,6 +230,11 @@ def train_linear_text(
         raise ValueError(f"train_text.linear.classifier: unknown '{params['classifier']}'")
     # The vectoriser was fitted on the train split by the tokenize stage: keep it as it is.
     features = tfidf.transform(train_texts)
+    if isinstance(classifier, LinearSVC):
+        # liblinear works in float64: scikit-learn would convert the matrix beside the float32
+        # one; converting it here, and letting the float32 one go, gives the same fit with a
+        # copy fewer (on the full data set, train_text's peak: see docs/data-and-remote.md).
+        features = features.astype(np.float64)
     classifier.fit(features, train_y)
     return LinearTextModel(Pipeline([("tfidf", tfidf), ("classifier", classifier)]))
 
