@@ -160,3 +160,10 @@ report: setup
 # measures the prediction throughput of an existing bundle only.
 bench: setup
 	$(PY) bench/pipeline.py $(BENCH_ARGS)
+
+.PHONY: cv
+# Paired, repeated cross-validation of every model against the tuned reference on the sample
+# (README, "Results on the sample"): CV_ARGS="--repeats 3 --folds 5 --out cv.json".
+CV_ARGS ?= --repeats 3 --folds 5
+cv: setup
+	$(PY) bench/cross_validation.py $(CV_ARGS)
