@@ -15,6 +15,7 @@ text model, on products with a photo) is *paired*: the same resampled products, 
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import typer
+import yaml
+from paired_scores import REFERENCE, render, summarise
 from pipeline import machine as describe_machine
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.model_selection import RepeatedStratifiedKFold, StratifiedKFold, train_test_split
@@ -35,11 +38,8 @@ from rakuten_classifier.calibration import fit_temperature, softmax
 from rakuten_classifier.data import product_frame, read_labels, read_products
 from rakuten_classifier.fusion import fit_fusion
 from rakuten_classifier.image import backbone_features, build_backbone, fit_image_model
-from rakuten_classifier.metrics import bootstrap_interval, weighted_f1_score
 from rakuten_classifier.text import fit_text_model, fit_tokenizers
 from rakuten_classifier.training import InferenceFunction
-
-REFERENCE = "reference (tuned TF-IDF + LinearSVC)"
 
 
 def tuned_reference() -> object:
@@ -50,6 +50,31 @@ def tuned_reference() -> object:
         FeatureUnion([("words", words), ("chars", chars)]),
         LinearSVC(C=0.5, class_weight="balanced"),
     )
+
+
+VARIANT_SECTIONS = ("tokenize", "train_text", "train_fusion")
+
+
+def with_changes(params: dict, changes: list[str]) -> dict:
+    """A copy of `params` with each `section.key[.key...]=value` (a YAML value) applied."""
+    changed = copy.deepcopy(params)
+    for change in changes:
+        path, separator, value = change.partition("=")
+        keys = path.split(".")
+        if not separator or keys[0] not in VARIANT_SECTIONS or len(keys) < 2:
+            raise typer.BadParameter(
+                f"--set {change}: expected SECTION.KEY=VALUE, SECTION one of "
+                + ", ".join(VARIANT_SECTIONS)
+            )
+        target = changed
+        for key in keys[:-1]:
+            if not isinstance(target.get(key), dict):
+                raise typer.BadParameter(f"--set {change}: params.yaml has no section {key}")
+            target = target[key]
+        if keys[-1] not in target:
+            raise typer.BadParameter(f"--set {change}: params.yaml has no {path}")
+        target[keys[-1]] = yaml.safe_load(value)
+    return changed
 
 
 def labelled_products(sample_dir: Path) -> pd.DataFrame:
@@ -92,10 +117,11 @@ class Repeat:
     reference: np.ndarray
     text_logits: np.ndarray
     image_logits: np.ndarray
+    variant_logits: np.ndarray  # the text model with the --set params, if any
     seconds: dict[str, float] = field(default_factory=dict)
 
-    def clock(self, name: str, since: float) -> None:
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - since
+    def clock(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
 
 
 def image_head_logits(
@@ -123,8 +149,32 @@ def image_head_logits(
     return np.log(probabilities.astype(np.float64) + 1e-12)
 
 
+def text_logits(
+    params: dict, fit: tuple[list[str], np.ndarray], held: list[str], n_classes: int, seed: int
+) -> tuple[np.ndarray, float]:
+    """The held-out texts' logits from a text model fitted on `fit`, and the seconds the
+    prediction took."""
+    model, _ = fit_text_model(
+        params["train_text"],
+        fit_tokenizers(fit[0], params["tokenize"]),
+        fit,
+        None,
+        n_classes,
+        seed,
+        epochs=params["train_text"]["cnn"]["epochs"],
+    )
+    started = time.perf_counter()
+    logits = model.logits(held)
+    return logits, time.perf_counter() - started
+
+
 def run_repeat(
-    frame: pd.DataFrame, photos: Photos, folds: list[tuple], params: dict, seed: int
+    frame: pd.DataFrame,
+    photos: Photos,
+    folds: list[tuple],
+    params: dict,
+    seed: int,
+    variant: dict | None = None,
 ) -> Repeat:
     y, texts = frame["label"].to_numpy(), frame["text"].tolist()
     n_classes = int(y.max()) + 1
@@ -132,25 +182,22 @@ def run_repeat(
         np.zeros(len(y), dtype=int),
         np.zeros((len(y), n_classes)),
         np.full((len(y), n_classes), np.nan),
+        np.zeros((len(y), n_classes)),
     )
     for fit_rows, held_rows in folds:
         fit_texts, held_texts = [texts[i] for i in fit_rows], [texts[i] for i in held_rows]
         reference = tuned_reference().fit(fit_texts, y[fit_rows])
         started = time.perf_counter()
         out.reference[held_rows] = reference.predict(held_texts)
-        out.clock(REFERENCE, started)
-        text_model, _ = fit_text_model(
-            params["train_text"],
-            fit_tokenizers(fit_texts, params["tokenize"]),
-            (fit_texts, y[fit_rows]),
-            None,
-            n_classes,
-            seed,
-            epochs=params["train_text"]["cnn"]["epochs"],
-        )
-        started = time.perf_counter()
-        out.text_logits[held_rows] = text_model.logits(held_texts)
-        out.clock("text", started)
+        out.clock(REFERENCE, time.perf_counter() - started)
+        fit = (fit_texts, y[fit_rows])
+        out.text_logits[held_rows], seconds = text_logits(params, fit, held_texts, n_classes, seed)
+        out.clock("text", seconds)
+        if variant is not None:
+            out.variant_logits[held_rows], seconds = text_logits(
+                variant, fit, held_texts, n_classes, seed
+            )
+            out.clock("text*", seconds)
         held_photos = held_rows[photos.has_photo[held_rows]]
         out.image_logits[held_photos] = image_head_logits(
             frame, y, photos, (fit_rows, held_rows), params["train_image"], seed
@@ -158,11 +205,15 @@ def run_repeat(
     return out
 
 
-def calibrated_answers(repeat: Repeat, y: np.ndarray, photos: Photos, params: dict, seed: int):
+def calibrated_answers(
+    repeat: Repeat, y: np.ndarray, photos: Photos, params: dict, seed: int, variant: bool = False
+) -> dict[str, np.ndarray]:
     """Each model's predicted class per product: text and image calibrated on the repeat's
-    out-of-fold logits, the fusion's weight chosen on the other folds (nested)."""
+    out-of-fold logits, the fusion's weight chosen on the other folds (nested). With `variant`,
+    the text model and fusion of the --set params, named "text*" and "fusion*"."""
     has_photo = photos.has_photo
-    text = softmax(repeat.text_logits, fit_temperature(repeat.text_logits, y))
+    logits = repeat.variant_logits if variant else repeat.text_logits
+    text = softmax(logits, fit_temperature(logits, y))
     image = np.full_like(text, np.nan)
     logits = repeat.image_logits[has_photo]
     image[has_photo] = softmax(logits, fit_temperature(logits, y[has_photo]))
@@ -172,6 +223,8 @@ def calibrated_answers(repeat: Repeat, y: np.ndarray, photos: Photos, params: di
             text[choose], image[choose], has_photo[choose], y[choose], params["train_fusion"], seed
         )
         fused[apply] = fusion.combine(text[apply], image[apply], has_photo[apply])
+    if variant:
+        return {"text*": text.argmax(1), "fusion*": fused.argmax(1)}
     image_class = np.where(has_photo, np.nan_to_num(image).argmax(1), -1)
     return {
         REFERENCE: repeat.reference,
@@ -181,74 +234,22 @@ def calibrated_answers(repeat: Repeat, y: np.ndarray, photos: Photos, params: di
     }
 
 
-def mean_f1(y: np.ndarray, answers: np.ndarray) -> float:
-    """The mean over repeats (columns) of the weighted F1."""
-    return float(np.mean([weighted_f1_score(y, answers[:, r]) for r in range(answers.shape[1])]))
-
-
-def paired_gain(y: np.ndarray, first: np.ndarray, second: np.ndarray) -> float:
-    return mean_f1(y, first) - mean_f1(y, second)
-
-
-def summarise(y: np.ndarray, answers: dict[str, np.ndarray], has_photo: np.ndarray) -> list:
-    """One row per model and product subset: mean F1 over repeats, its interval, and the paired
-    difference to the reference (to the text model for the fusion on products with a photo)."""
-    rows = []
-    subsets = {"all": np.ones(len(y), bool), "with photo": has_photo}
-    comparisons: list[tuple[str, str, str]] = [
-        (REFERENCE, "all", ""), ("text", "all", REFERENCE), ("fusion", "all", REFERENCE),
-        (REFERENCE, "with photo", ""), ("text", "with photo", REFERENCE),
-        ("image", "with photo", REFERENCE), ("fusion", "with photo", REFERENCE),
-        ("fusion", "with photo", "text"),
-    ]  # fmt: skip
-    for model, subset, against in comparisons:
-        keep = subsets[subset]
-        truth, mine = y[keep], answers[model][keep]
-        row = {"model": model, "products": subset, "n": int(keep.sum())}
-        row["weighted_f1"] = round(mean_f1(truth, mine), 4)
-        row["f1_interval"] = [round(v, 4) for v in bootstrap_interval(mean_f1, truth, mine)]
-        if against:
-            theirs = answers[against][keep]
-            row["against"] = against
-            row["difference"] = round(paired_gain(truth, mine, theirs), 4)
-            interval = bootstrap_interval(paired_gain, truth, mine, theirs)
-            row["difference_interval"] = [round(v, 4) for v in interval]
-        rows.append(row)
-    return rows
-
-
-def render(rows: list, repeats: int, folds: int, costs: dict[str, float]) -> str:
-    def points(value: float) -> str:
-        return f"{value * 100:+.1f}"
-
-    lines = [
-        f"| model | products | weighted F1 ({repeats} x {folds}-fold) | 95% interval | "
-        "paired difference (points) | 95% interval | prediction ms per product |",
-        "|---|---|---:|---|---:|---|---:|",
-    ]
-    for row in rows:
-        f1 = f"{row['weighted_f1']:.4f}"
-        f1_ci = "{:.3f} to {:.3f}".format(*row["f1_interval"])
-        difference = (
-            f"{points(row['difference'])} vs {row['against']}" if "difference" in row else ""
-        )
-        low_high = row.get("difference_interval")
-        interval = f"{points(low_high[0])} to {points(low_high[1])}" if low_high else ""
-        cost = f"{costs[row['model']]:.1f}" if row["model"] in costs else ""
-        cells = [row["model"], f"{row['products']} ({row['n']})", f1, f1_ci, difference]
-        lines.append("| " + " | ".join([*cells, interval, cost]) + " |")
-    return "\n".join(lines)
-
-
 def main(
     repeats: int = typer.Option(3, min=1),
     folds: int = typer.Option(5, min=2),
     sample_dir: Path = config.SAMPLE_DIR,
     seed: int = 0,
     out: Path | None = typer.Option(None, help="Also write the figures here (JSON)."),
+    set_: list[str] = typer.Option(
+        [],
+        "--set",
+        help="A params.yaml change to compare with the defaults, paired on the same folds "
+        "(tokenize / train_text / train_fusion sections): --set tokenize.min_df=2",
+    ),
 ) -> None:
     config.setup_logging("WARNING")
     params = config.load_params()
+    variant = with_changes(params, set_) if set_ else None
     frame = labelled_products(sample_dir)
     y = frame["label"].to_numpy()
     photos = photo_features(frame, params["train_image"])
@@ -257,12 +258,14 @@ def main(
     answers: dict[str, list[np.ndarray]] = {}
     seconds: dict[str, float] = {}
     for number in tqdm(range(repeats), desc="repeats"):
-        repeat = run_repeat(
-            frame, photos, splits[number * folds : (number + 1) * folds], params, seed
-        )
+        fold_splits = splits[number * folds : (number + 1) * folds]
+        repeat = run_repeat(frame, photos, fold_splits, params, seed, variant)
         for name, value in repeat.seconds.items():
             seconds[name] = seconds.get(name, 0.0) + value
-        for name, classes in calibrated_answers(repeat, y, photos, params, seed).items():
+        found = calibrated_answers(repeat, y, photos, params, seed)
+        if variant is not None:
+            found |= calibrated_answers(repeat, y, photos, variant, seed, variant=True)
+        for name, classes in found.items():
             answers.setdefault(name, []).append(classes)
     stacked = {name: np.stack(columns, axis=1) for name, columns in answers.items()}
     rows = summarise(y, stacked, photos.has_photo)
@@ -270,15 +273,19 @@ def main(
     # the backbone pass per photo (its head costs next to nothing); the fusion pays both.
     costs = {name: 1000 * value / (len(y) * repeats) for name, value in seconds.items()}
     costs["image"] = 1000 * photos.seconds / max(int(photos.has_photo.sum()), 1)
-    costs["fusion"] = costs["text"] + costs["image"] * photos.has_photo.mean()
+    for text, fusion in (("text", "fusion"), ("text*", "fusion*")):
+        if text in costs:
+            costs[fusion] = costs[text] + costs["image"] * photos.has_photo.mean()
     table = render(rows, repeats, folds, costs)
     machine = describe_machine()
     print(
         f"\n{len(frame)} labelled products, {int(photos.has_photo.sum())} with a photo; {machine}"
     )
     print(table)
+    if set_:
+        print("text*, fusion*: with " + ", ".join(set_))
     if out is not None:
-        result = {"repeats": repeats, "folds": folds, "seed": seed, "rows": rows,
+        result = {"repeats": repeats, "folds": folds, "seed": seed, "rows": rows, "set": set_,
                   "ms_per_product": costs, "machine": machine}  # fmt: skip
         out.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -84,6 +84,27 @@ def capped_project(project: Path, photos: int) -> tuple[Path, int]:
     return dest, kept
 
 
+def all_rows_project(project: Path, photos: int) -> Path:
+    """A project of its own with every row of the full one and its trained text model, but
+    about `photos` labelled photos (the others count as missing): the photo stages then refit
+    the text model at full size, at a fraction of the backbone pass's time."""
+    dest = project.parent / f"project-all-rows-{photos}"
+    processed = dest / config.PROCESSED_DIR
+    processed.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(project / config.PARAMS_FILE, dest / config.PARAMS_FILE)
+    (dest / config.RAW_DIR).symlink_to(project / config.RAW_DIR)
+    shutil.copytree(project / config.MODELS_DIR, dest / config.MODELS_DIR, dirs_exist_ok=True)
+    source = project / config.PROCESSED_DIR
+    labelled = sum(len(pd.read_parquet(config.split_path(s, source))) for s in config.SPLITS)
+    for split in (*config.SPLITS, config.UNLABELLED):
+        frame = pd.read_parquet(config.split_path(split, source))
+        keep = round(len(frame) * photos / labelled)
+        frame["has_image"] &= np.arange(len(frame)) < keep
+        frame.to_parquet(config.split_path(split, processed))
+    shutil.copy2(source / config.LABELS_JSON, processed / config.LABELS_JSON)
+    return dest
+
+
 def features_on_cluster(project: Path, workers: int, kept: int) -> tuple[float, float, bool]:
     """image_features again with a local cluster: wall s, the workers' largest peak MiB, and
     whether its files are the single process's bytes."""
@@ -113,6 +134,9 @@ def main(
     test_rows: int = FULL_TEST_ROWS,
     photos: list[int] = typer.Option([1000, 3000], help="labelled photos per photo run"),
     workers: int = typer.Option(2, help="Dask workers for the backbone pass"),
+    all_rows_photos: int = typer.Option(
+        3000, help="photo stages once more on every row with this many photos (0: skip)"
+    ),
     work_dir: Path | None = None,
 ) -> None:
     work = Path(work_dir or tempfile.mkdtemp(prefix="bench-memory-"))
@@ -139,7 +163,19 @@ def main(
                 peak, seconds = run_step(f"{stage} ({kept} photos)", stage, capped)
                 measured[stage].append((kept, peak, seconds))
             cluster_runs.append((kept, *features_on_cluster(capped, workers, kept)))
+        all_rows = {}
+        if all_rows_photos:
+            everything = all_rows_project(project, all_rows_photos)
+            for stage in PHOTO_STAGES:
+                label = f"{stage} (all rows, {all_rows_photos} photos)"
+                all_rows[stage] = run_step(label, stage, everything)
         report(rows, full, measured, cluster_runs, workers)
+        if all_rows:
+            print(f"\nphoto stages on all {rows} rows, {all_rows_photos} of them with a photo")
+            print("(the text model refit at full size; the photo part as in the capped runs):")
+            for stage, (peak, seconds) in all_rows.items():
+                fits = "fits" if peak <= LIMIT_MIB else "OVER"
+                print(f"  {stage:16s} peak {peak:6.0f} MiB ({fits} in 3 GB), {seconds:5.0f} s")
     finally:
         if work_dir is None:
             shutil.rmtree(work, ignore_errors=True)

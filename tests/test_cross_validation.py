@@ -1,16 +1,20 @@
-"""The paired statistics of bench/cross_validation.py, on answers whose truth is known: a model
-identical to the reference differs by nothing, a better one by a positive interval, and the
-fusion is compared with the text model on the products with a photo only."""
+"""The paired statistics of bench/cross_validation.py (bench/paired_scores.py), on answers whose
+truth is known: a model identical to the reference differs by nothing, a better one by a
+positive interval, the fusion is compared with the text model on the products with a photo
+only; and its --set variants."""
 
 from __future__ import annotations
 
 import sys
 
 import numpy as np
+import pytest
+import typer
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
-from cross_validation import REFERENCE, render, summarise
+from cross_validation import with_changes
+from paired_scores import REFERENCE, render, summarise
 
 
 def answers_of(y: np.ndarray, wrong_share: float, seed: int, repeats: int = 3) -> np.ndarray:
@@ -56,3 +60,13 @@ def test_paired_differences_and_their_intervals() -> None:
 
     table = render(list(rows.values()), 3, 5, {"text": 1.0})
     assert table.count("\n") == len(rows) + 1 and "vs text" in table
+
+
+def test_a_variant_changes_one_setting_and_names_a_wrong_one() -> None:
+    params = {"tokenize": {"min_df": 1, "stop_words": ["french"]}, "seed": 0}
+    changed = with_changes(params, ["tokenize.min_df=2", "tokenize.stop_words=[]"])
+    assert changed["tokenize"] == {"min_df": 2, "stop_words": []}
+    assert params["tokenize"]["min_df"] == 1  # the defaults are left as they are
+    for wrong in ("tokenize.min_dfs=2", "seed=1", "tokenize.min_df", "train_image.size=1"):
+        with pytest.raises(typer.BadParameter, match="--set"):
+            with_changes(params, [wrong])
