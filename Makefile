@@ -14,12 +14,13 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 setup: $(STAMP)
 
 # The virtual environment is rebuilt only when the lock file or the project metadata change.
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock requirements-e5.lock pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 	# Byte-compiled once here: imports (TensorFlow's above all) then start in seconds even
 	# where PYTHONDONTWRITEBYTECODE keeps Python from caching them.
 	$(BIN)/uv pip install --python $(PY) --quiet --compile-bytecode -r requirements.lock
+	$(BIN)/uv pip install --python $(PY) --quiet --no-deps --require-hashes -r requirements-e5.lock
 	$(BIN)/uv pip install --python $(PY) --quiet --no-deps -e .
 	touch $@
 

@@ -38,6 +38,7 @@ from rakuten_classifier.calibration import fit_temperature, softmax
 from rakuten_classifier.data import product_frame, read_labels, read_products
 from rakuten_classifier.fusion import fit_fusion
 from rakuten_classifier.image import backbone_features, build_backbone, fit_image_model
+from rakuten_classifier.sentence_encoder import milliseconds_per_text
 from rakuten_classifier.text import fit_text_model, fit_tokenizers
 from rakuten_classifier.training import InferenceFunction
 
@@ -273,6 +274,11 @@ def main(
     # the backbone pass per photo (its head costs next to nothing); the fusion pays both.
     costs = {name: 1000 * value / (len(y) * repeats) for name, value in seconds.items()}
     costs["image"] = 1000 * photos.seconds / max(int(photos.has_photo.sum()), 1)
+    for name, changed in (("text", params), ("text*", variant)):
+        # A sentence encoder's vectors are cached by text: its cost per text comes on top.
+        encoder = (changed or {}).get("tokenize", {}).get("sentence_encoder")
+        if encoder and name in costs:
+            costs[name] += milliseconds_per_text(encoder) or 0.0
     for text, fusion in (("text", "fusion"), ("text*", "fusion*")):
         if text in costs:
             costs[fusion] = costs[text] + costs["image"] * photos.has_photo.mean()

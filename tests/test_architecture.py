@@ -30,7 +30,15 @@ LAYERS: list[set[str]] = [
         "profiling",
         "cluster",
     },
-    {"word_vectors", "data", "metrics", "fusion", "efficientnet_lite", "store.schema"},
+    {
+        "word_vectors",
+        "sentence_encoder",
+        "data",
+        "metrics",
+        "fusion",
+        "efficientnet_lite",
+        "store.schema",
+    },
     {"drift_stats", "drift_profile", "feedback_data"},
     {
         "raw_import",

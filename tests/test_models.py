@@ -3,6 +3,7 @@ disk giving exactly the same probabilities."""
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -170,3 +171,20 @@ def test_two_phase_training_fine_tunes_only_the_last_blocks(products) -> None:
     assert moved("block7a_project_conv")  # the last block learned
     assert not moved("stem_conv") and not moved("block3b_expand_conv")  # earlier ones did not
     assert not moved("block7a_project_bn")  # batch norms stay frozen
+
+
+def test_the_stemmer_joins_inflections_and_pickles_to_the_same_bytes(products) -> None:
+    """tokenize.stemmer: "chaises" and "chaise" are one word feature; a stop word stays out
+    once stemmed; the fitted vectoriser pickles to the same bytes twice (DVC outputs)."""
+    texts = ["les chaises de jardin", "une chaise pour les enfants", *products["text"].head(50)]
+    params = {**TOKENIZE, "stemmer": "french"}
+    first, _ = fit_tokenizers(texts, params)
+    second, _ = fit_tokenizers(texts, params)
+    words = first.transformer_list[0][1].vocabulary_
+    assert "chais" in words and "chaises" not in words and "chaise" not in words
+    assert "le" not in words and "les" not in words  # stop words, stemmed too
+    plain, _ = fit_tokenizers(texts, TOKENIZE)
+    assert {"chaise", "chaises"} <= set(plain.transformer_list[0][1].vocabulary_)
+    assert pickle.dumps(first) == pickle.dumps(second)
+    again = pickle.loads(pickle.dumps(first))
+    assert (again.transform(texts) != first.transform(texts)).nnz == 0

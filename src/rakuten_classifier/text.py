@@ -5,6 +5,7 @@ makes of a product's title and description.
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from collections import Counter
@@ -14,6 +15,7 @@ from typing import Any
 import joblib
 import numpy as np
 import pandas as pd
+from nltk.stem.snowball import SnowballStemmer
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, Pipeline
@@ -26,6 +28,7 @@ from rakuten_classifier.data import load_labels, load_split
 from rakuten_classifier.files import atomic_path, read_json, write_json
 from rakuten_classifier.metrics import classification_scores
 from rakuten_classifier.preprocess import clean_text
+from rakuten_classifier.sentence_encoder import SentenceEmbedding
 from rakuten_classifier.training import (
     InferenceFunction,
     balanced_class_weights,
@@ -54,6 +57,35 @@ def stop_word_list(languages: list[str]) -> list[str]:
     return sorted(words)
 
 
+@functools.lru_cache(maxsize=8)
+def _stemmer(language: str) -> Any:
+    return SnowballStemmer(language)
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _stem(language: str, word: str) -> str:
+    # A catalogue repeats its words: each is stemmed once (NLTK's Snowball is pure Python).
+    return _stemmer(language).stem(word)
+
+
+class StemmedWords:
+    """The word analyser's tokens cut to their Snowball stems ("chaises", "chaise" -> "chais"),
+    so a plural or a feminine seen in training matches at prediction time. Only the language
+    is pickled: the stemmer is NLTK's own, no data files."""
+
+    def __init__(self, language: str) -> None:
+        self.language = language
+
+    def __call__(self, text: str) -> list[str]:
+        return [_stem(self.language, token) for token in re.findall(WORD_PATTERN, text)]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"language": self.language}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.language = state["language"]
+
+
 class StableTfidfVectorizer(TfidfVectorizer):
     """TfidfVectorizer that pickles to the same bytes for the same fit: scikit-learn keeps the
     memory address of its stop-word list (`_stop_words_id`, a cache key) in the object."""
@@ -68,9 +100,15 @@ def build_tfidf(params: dict[str, Any]) -> FeatureUnion:
     """Word and character n-gram TF-IDF side by side: characters cope with typos and plurals;
     with `word_vectors`, each text's mean French word vector too (words unseen in training)."""
     stop_words = stop_word_list(params.get("stop_words") or []) or None
+    stemmed = StemmedWords(params["stemmer"]) if params.get("stemmer") else None
+    if stemmed is not None and stop_words:
+        # The stop words as the tokens they become (stemming a stem again changes a few).
+        stems = {stem for word in stop_words for stem in stemmed(word)}
+        stop_words = sorted(stems | {stem for word in stems for stem in stemmed(word)})
     word = StableTfidfVectorizer(
         analyzer="word",
-        token_pattern=WORD_PATTERN,
+        tokenizer=stemmed,
+        token_pattern=None if stemmed else WORD_PATTERN,
         ngram_range=(1, params["word_ngram_max"]),
         min_df=params["min_df"],
         max_features=params["word_max_features"],
@@ -87,6 +125,11 @@ def build_tfidf(params: dict[str, Any]) -> FeatureUnion:
         dtype=np.float32,
     )
     blocks = [("word", word), ("char", char)]
+    if params.get("sentence_encoder"):
+        encoder = SentenceEmbedding(
+            params["sentence_encoder"], params.get("sentence_encoder_weight", 1.0)
+        )
+        blocks.append(("sentence", encoder))
     if params.get("word_vectors"):
         vectors = MeanWordVector(
             params["word_vectors"], WORD_PATTERN, params.get("word_vector_weight", 1.0)

