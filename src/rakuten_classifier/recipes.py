@@ -105,6 +105,9 @@ def out_of_fold(
         image_model = IMAGE.fit(params, fit_frame, n_classes, specs["image"], features_dir)
         probabilities = held_out_probabilities(held_frame, text_model, image_model, cached)
         text_out[held_rows], image_out[held_rows] = probabilities[0], probabilities[1]
+        # Gone before the next fold's fit, not after it: on the full data set a text model
+        # (its vocabularies above all) is hundreds of MB.
+        del text_model, image_model, probabilities
     return text_out, image_out, train["has_image"].to_numpy()
 
 
@@ -126,6 +129,7 @@ def train_fusion(
     # Validation photos go through the whole image model, exactly as the bundle serves them.
     text_model, image_model = text.load_text_model(text_dir), image.load_image_model(image_dir)
     held_out = [held_out_probabilities(val, text_model, image_model)]
+    del text_model, image_model  # the out-of-fold refits below need the memory
     labels = [val["label"].to_numpy()]
     if settings["folds"] > 1:
         specs = {"text": TEXT.spec(text_dir), "image": IMAGE.spec(image_dir)}
