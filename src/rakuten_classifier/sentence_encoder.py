@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -79,9 +80,15 @@ def vector_cache() -> Iterator[None]:
         _VECTORS.clear()
 
 
+# The encoders keep state between calls (lazily loaded weights, thread limits): the API's and
+# BentoML's request threads take turns.
+_ENCODE_LOCK = threading.Lock()
+
+
 def _encode_timed(name: str, texts: list[str]) -> np.ndarray:
     started = time.perf_counter()
-    vectors = np.asarray(_encoder(name).encode(texts), dtype=np.float32)
+    with _ENCODE_LOCK:
+        vectors = np.asarray(_encoder(name).encode(texts), dtype=np.float32)
     spent = _SPENT.setdefault(name, [0.0, 0])
     spent[0] += time.perf_counter() - started
     spent[1] += len(texts)
