@@ -15,7 +15,6 @@ from typing import Any
 import joblib
 import numpy as np
 import pandas as pd
-from nltk.stem.snowball import SnowballStemmer
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, Pipeline
@@ -59,6 +58,10 @@ def stop_word_list(languages: list[str]) -> list[str]:
 
 @functools.lru_cache(maxsize=8)
 def _stemmer(language: str) -> Any:
+    # Imported on first use: NLTK takes 1-2 s to import, which every command and stage that
+    # loads a text model would pay for a stemmer that is off by default.
+    from nltk.stem.snowball import SnowballStemmer
+
     return SnowballStemmer(language)
 
 
