@@ -148,7 +148,7 @@ bench-memory: setup
 bench-dvc: setup
 	$(PY) bench/dvc_tracking.py --rows $(ROWS)
 
-.PHONY: report bench
+.PHONY: report bench bench-speed
 # Compare the workspace (or TARGET) with a git revision or DVC experiment: Markdown + PNGs +
 # a self-contained HTML file in reports/, e.g. `make report BASELINE=main`.
 BASELINE ?= HEAD
@@ -156,11 +156,14 @@ TARGET ?= workspace
 report: setup
 	$(BIN)/rakuten-classifier report --baseline $(BASELINE) --target $(TARGET)
 
-# Pipeline time and memory per stage and prediction throughput on the sample, compared with
-# the previous run on this machine (kept in .bench/). BENCH_ARGS="--bundle models/bundle"
-# measures the prediction throughput of an existing bundle only.
+# Pipeline time and memory per stage and prediction speed on the sample (bench/speed.py: each
+# figure beside a reference measured in the same run), compared with the previous run on this
+# machine (kept in .bench/). `make bench-speed`: the speed of models/bundle only.
 bench: setup
 	$(PY) bench/pipeline.py $(BENCH_ARGS)
+
+bench-speed: setup
+	$(PY) bench/pipeline.py --bundle $(or $(BUNDLE),models/bundle)
 
 .PHONY: cv
 # Paired, repeated cross-validation of every model against the tuned reference on the sample

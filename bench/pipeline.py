@@ -1,6 +1,7 @@
 """`make bench`: the pipeline's wall time and peak memory per stage on the embedded sample, and
-the batch prediction throughput (products per second) from text alone and from text + photo,
-each printed as a table beside the previous run's figures on this machine (.bench/).
+the prediction speed (bench/speed.py: the photo path against references measured in the same
+run, the text path, start-up), each printed as a table beside the previous run's figures on
+this machine (.bench/).
 
 The pipeline runs in a temporary copy of the project (code, params, sample): the workspace's
 outputs and metrics stay as they are. Each stage is forced on its own
@@ -13,13 +14,10 @@ included; its peak memory is the largest resident set of the stage's processes.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import tempfile
 import time
@@ -27,12 +25,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import typer
 import yaml
+from speed import REPEATS, measure, report_rows
 
 from rakuten_classifier import config
-from rakuten_classifier.data import image_paths, read_products
 from rakuten_classifier.files import read_json, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,8 +37,6 @@ HISTORY_DIR = ROOT / ".bench"
 LAST_RUN = HISTORY_DIR / "pipeline.json"
 # What a copy of the project needs to run `dvc repro` on the sample.
 PROJECT_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", "stages", "src", "data/sample")
-BATCH_SIZE = 64
-REPEATS = 3  # throughput: the median of this many timed passes, after one warm-up
 
 
 def machine() -> str:
@@ -106,37 +101,6 @@ def bench_pipeline(project: Path) -> dict[str, dict[str, float]]:
     return figures
 
 
-def bench_prediction(bundle_dir: Path, sample: Path, scratch: Path) -> dict[str, dict[str, float]]:
-    """Products per second of the batch command (`predict_csv`: CSV in, photos read and
-    decoded, CSV out), on the sample's labelled products without and with their photo."""
-    from rakuten_classifier.bundle import load_bundle, predict_csv
-
-    bundle = load_bundle(bundle_dir)
-    products = read_products(sample / config.X_TRAIN_CSV)
-    photo_dir = sample / config.IMAGE_TRAIN_DIR
-    has_photo = pd.Series([Path(p).exists() for p in image_paths(products, photo_dir)])
-    inputs = {
-        "text only": products[~has_photo.to_numpy()],
-        "text + photo": products[has_photo.to_numpy()],
-    }
-    figures = {}
-    for name, rows in inputs.items():
-        csv, warm_up = scratch / "products.csv", scratch / "warm_up.csv"
-        rows.to_csv(csv)
-        rows.head(BATCH_SIZE).to_csv(warm_up)
-        seconds = []
-        # The progress bars (stderr) would bury the tables.
-        with contextlib.redirect_stderr(io.StringIO()):
-            predict_csv(bundle, warm_up, photo_dir, scratch / "out.csv", BATCH_SIZE)
-            for _ in range(REPEATS):
-                start = time.perf_counter()
-                predict_csv(bundle, csv, photo_dir, scratch / "out.csv", BATCH_SIZE)
-                seconds.append(time.perf_counter() - start)
-        median = statistics.median(seconds)
-        figures[name] = {"products": len(rows), "products_per_s": round(len(rows) / median, 1)}
-    return figures
-
-
 def _change(new: float, old: float | None) -> str:
     if not old:
         return ""
@@ -197,21 +161,11 @@ def print_pipeline(section: dict[str, Any], before: dict[str, Any]) -> None:
 
 
 def print_prediction(section: dict[str, Any], before: dict[str, Any]) -> None:
-    old = before.get("figures", {})
-    rows = [
-        [
-            name,
-            figures["products"],
-            _figure(figures["products_per_s"], 1),
-            _figure(old.get(name, {}).get("products_per_s"), 1),
-            _change(figures["products_per_s"], old.get(name, {}).get("products_per_s")),
-        ]
-        for name, figures in section["figures"].items()
-    ]
+    rows = report_rows(section["figures"], before.get("figures", {}))
     print_table(
-        f"Batch prediction, predict_csv in batches of {BATCH_SIZE}, median of {REPEATS} passes "
-        f"({_previous_note(section, before)})",
-        ["input", "products", "products/s", "previous", "change"],
+        f"Prediction speed, median of {REPEATS} passes; ratios against references measured "
+        f"in this run ({_previous_note(section, before)})",
+        ["figure", "value", "reference", "ratio", "previous"],
         rows,
     )
 
@@ -232,8 +186,7 @@ def main(
             print(f"dvc repro, stage by stage, in {project}")
             current["pipeline"] = {**stamp, "figures": bench_pipeline(project)}
             bundle = project / config.BUNDLE_DIR
-        figures = bench_prediction(bundle, ROOT / config.SAMPLE_DIR, Path(scratch))
-        current["prediction"] = {**stamp, "figures": figures}
+        current["prediction"] = {**stamp, "figures": measure(bundle, ROOT / config.SAMPLE_DIR)}
     if "pipeline" in current:
         print_pipeline(current["pipeline"], previous.get("pipeline", {}))
     print_prediction(current["prediction"], previous.get("prediction", {}))

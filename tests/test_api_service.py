@@ -10,8 +10,8 @@ import dataclasses
 import json
 import re
 import subprocess
+import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import bcrypt
@@ -36,28 +36,32 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
-from rakuten_classifier.bundle import Bundle, BundlePrediction
+from rakuten_classifier.bundle import Bundle, BundlePrediction, PreparedProducts
 from rakuten_classifier.cli import app as cli_app
 from rakuten_classifier.serve import Settings, SettingsError, create_app
 from rakuten_classifier.serve.errors import ApiError
 from rakuten_classifier.serve.predictor import Predictor
 from rakuten_classifier.serve.telemetry import Metrics
 
-TENSORFLOW_NATIVE = re.compile(r"^(WARNING: All log messages before absl|[IWE]\d{4} )")
+# Lines native code prints straight to stderr: TensorFlow's C++ core as it loads, LiteRT once
+# as it creates its CPU kernels (neither goes through Python's logging).
+TENSORFLOW_NATIVE = re.compile(
+    r"^(WARNING: All log messages before absl|[IWE]\d{4} |INFO: Created TensorFlow Lite XNNPACK)"
+)
 
 
 class FailingBundle(Bundle):
-    """The real bundle, failing on one product: a model error must stay with its request."""
+    """The real bundle, failing on one product: a model error must stay with its request.
+    A product titled "hold" keeps the model busy until `release` is set."""
 
-    def predict_products(
-        self,
-        designations: Sequence[str],
-        descriptions: Sequence[str | None],
-        images: Sequence[bytes | None],
-    ) -> BundlePrediction:
-        if "boom" in designations:
+    release = threading.Event()
+
+    def predict_prepared(self, prepared: PreparedProducts) -> BundlePrediction:
+        if "boom" in prepared.texts:
             raise RuntimeError("the model failed")
-        return super().predict_products(designations, descriptions, images)
+        if "hold" in prepared.texts:
+            self.release.wait(30)
+        return super().predict_prepared(prepared)
 
 
 def test_waiting_requests_share_a_model_call_and_a_failure_stays_with_its_own(
@@ -72,8 +76,17 @@ def test_waiting_requests_share_a_model_call_and_a_failure_stays_with_its_own(
     async def predict_together() -> list[object]:
         predictor = Predictor(bundle, metrics, max_pending=100)
         await predictor.start()
-        try:  # queued before the worker first runs: they wait together
-            requests = [predictor.predict([title], [""], [None]) for title in titles]
+        try:  # queued while the worker is busy: they wait together
+            busy = asyncio.ensure_future(predictor.predict(["hold"], [""], [None]))
+            while predictor.pending < 1 or not predictor._queue.empty():
+                await asyncio.sleep(0.01)  # the worker has taken "hold"
+            requests = [
+                asyncio.ensure_future(predictor.predict([title], [""], [None])) for title in titles
+            ]
+            while predictor._queue.qsize() < len(titles):
+                await asyncio.sleep(0.01)
+            FailingBundle.release.set()
+            await busy
             return await asyncio.gather(*requests, return_exceptions=True)
         finally:
             await predictor.stop()
@@ -85,10 +98,10 @@ def test_waiting_requests_share_a_model_call_and_a_failure_stays_with_its_own(
             prediction, row = answer
             alone = api_bundle.predict_products([title], [""], [None]).probabilities[0]
             assert prediction.probabilities[row] == pytest.approx(alone, abs=1e-9)
-    # One call for the four, which failed, then one call per request.
+    # "hold", then one call for the four, which failed, then one call per request.
     calls = metrics.registry.get_sample_value("rakuten_api_model_batch_products_count")
     products = metrics.registry.get_sample_value("rakuten_api_model_batch_products_sum")
-    assert (calls, products) == (5, 8)
+    assert (calls, products) == (6, 9)
 
 
 # --- metrics and settings ------------------------------------------------------------------
@@ -257,8 +270,7 @@ def test_logs_are_json_lines_with_request_ids_and_no_secrets(server: Server) -> 
     time.sleep(0.5)  # the log line is written after the response
     text = server.log.read_text()
     lines = [line for line in text.splitlines() if line.strip()]
-    # TensorFlow's C++ core prints two lines of its own when it loads, before any Python code
-    # can format them; everything else is JSON.
+    # Native code prints a few lines of its own (TENSORFLOW_NATIVE); everything else is JSON.
     entries = [json.loads(line) for line in lines if not TENSORFLOW_NATIVE.match(line)]
     assert len(entries) >= len(lines) - 4
     request = [e for e in entries if e.get("request_id") == "trace-logs"]

@@ -27,6 +27,7 @@ LAYERS: list[set[str]] = [
         "torch_reader",
         "download",
         "training",
+        "litert",
         "profiling",
         "cluster",
     },

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,8 @@ import pandas as pd
 import pytest
 from conftest import run
 
-from rakuten_classifier.bundle import BundleError, assemble_bundle, load_bundle
+from rakuten_classifier.bundle import BundleError, assemble_bundle, load_bundle, predict_frame
+from rakuten_classifier.data import image_paths, read_products
 from rakuten_classifier.labels import LabelMap
 
 PHOTO_DIR = Path("images/image_test")
@@ -83,23 +85,23 @@ def batch_input(slice_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
     return folder / "X.csv", photos
 
 
+def predict_args(bundle_dir: Path, x_csv: Path, photos: Path, out: Path) -> list[str]:
+    return [
+        "rakuten-classifier",
+        "predict",
+        "--x-csv",
+        str(x_csv),
+        "--image-dir",
+        str(photos),
+        "--bundle",
+        str(bundle_dir),
+        "--out",
+        str(out),
+    ]
+
+
 def predict_command(bundle_dir: Path, x_csv: Path, photos: Path, out: Path, cwd: Path):
-    return run(
-        [
-            "rakuten-classifier",
-            "predict",
-            "--x-csv",
-            str(x_csv),
-            "--image-dir",
-            str(photos),
-            "--bundle",
-            str(bundle_dir),
-            "--out",
-            str(out),
-        ],
-        cwd,
-        check=False,
-    )
+    return run(predict_args(bundle_dir, x_csv, photos, out), cwd, check=False)
 
 
 def test_batch_command_predicts_every_row(bundle, bundle_dir, batch_input, tmp_path) -> None:
@@ -170,3 +172,63 @@ def test_the_same_components_give_the_same_bundle_bytes(pipeline_run, tmp_path: 
     assert (tmp_path / "first/manifest.json").read_bytes() == (
         tmp_path / "second/manifest.json"
     ).read_bytes()
+
+
+def test_the_litert_runtime_answers_as_the_keras_reference(bundle, bundle_dir, batch_input):
+    """The shipped photo runtime against the Keras model it was exported from, on the slice's
+    unlabelled products (those with a usable photo go through the image model)."""
+    x_csv, photos = batch_input
+    products = read_products(x_csv)
+    products["image_path"] = image_paths(products, photos)
+    keras_bundle = load_bundle(bundle_dir, image_runtime="keras")
+    assert (bundle.image.runtime, keras_bundle.image.runtime) == ("litert", "keras")
+    served, served_detail = predict_frame(bundle, products, progress=False)
+    reference, reference_detail = predict_frame(keras_bundle, products, progress=False)
+    assert served_detail.image_used.sum() >= 3
+    assert list(served["prdtypecode"]) == list(reference["prdtypecode"])
+    np.testing.assert_allclose(
+        served_detail.probabilities, reference_detail.probabilities, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        served_detail.image_features, reference_detail.image_features, atol=1e-4
+    )
+
+
+def test_the_batch_command_runs_without_tensorflow(bundle_dir, batch_input, tmp_path) -> None:
+    """Photos included: the LiteRT runtime serves the image model, so neither TensorFlow nor
+    Keras is imported (seconds of start-up and a gigabyte of memory)."""
+    x_csv, photos = batch_input
+    out = tmp_path / "preds.csv"
+    script = (
+        "import sys\n"
+        "from rakuten_classifier.cli import app\n"
+        f"argv = ['predict', '--x-csv', {str(x_csv)!r}, '--image-dir', {str(photos)!r},\n"
+        f"        '--bundle', {str(bundle_dir)!r}, '--out', {str(out)!r}]\n"
+        "try:\n"
+        "    app(argv)\n"
+        "except SystemExit as done:\n"
+        "    assert not done.code, done.code\n"
+        "loaded = sorted(m for m in ('tensorflow', 'keras') if m in sys.modules)\n"
+        "print('loaded:', loaded)\n"
+    )
+    result = run([sys.executable, "-c", script], tmp_path)
+    assert "loaded: []" in result.stdout, result.stdout + result.stderr
+    assert len(pd.read_csv(out)) == len(pd.read_csv(x_csv))
+    with_keras = run(
+        [
+            *predict_args(bundle_dir, x_csv, photos, tmp_path / "keras.csv"),
+            "--image-runtime",
+            "keras",
+        ],
+        tmp_path,
+    )
+    assert with_keras.returncode == 0, with_keras.stderr
+    served, reference = pd.read_csv(out), pd.read_csv(tmp_path / "keras.csv")
+    assert list(served["prdtypecode"]) == list(reference["prdtypecode"])
+    np.testing.assert_allclose(served["probability"], reference["probability"], atol=1e-5)
+    wrong = run(
+        [*predict_args(bundle_dir, x_csv, photos, tmp_path / "x.csv"), "--image-runtime", "onnx"],
+        tmp_path,
+        check=False,
+    )
+    assert wrong.returncode == 2 and "expected one of litert, keras" in wrong.stderr

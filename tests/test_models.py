@@ -104,7 +104,7 @@ def test_image_model_round_trips_with_its_preprocessing(products, tmp_path: Path
     photos = products[products["has_image"]].head(8)
     params = {"image_size": 48, "backbone": "small_cnn", "augment": {"flip": True}}
     model = build_image_model(build_backbone("small_cnn", None, 48), build_head(4, 0.1), params)
-    image_model = ImageModel(model, 48, temperature=1.7)
+    image_model = ImageModel.of_keras(model, 48, temperature=1.7)
     pixels = load_pixels(photos["image_path"].tolist(), 48)
     probabilities = image_model.predict_proba(pixels)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
@@ -123,7 +123,7 @@ def test_head_on_cached_features_equals_the_whole_model_on_photos(products) -> N
     model = build_image_model(
         backbone, build_head(4, 0.3, 0.01), {"image_size": 48, "backbone": "small_cnn"}
     )
-    image_model = ImageModel(model, 48, temperature=0.7)
+    image_model = ImageModel.of_keras(model, 48, temperature=0.7)
     pixels = load_pixels(photos["image_path"].tolist(), 48)
     features = InferenceFunction(backbone)(pixels.astype(np.float32))
     np.testing.assert_allclose(

@@ -129,7 +129,7 @@ def test_photos_are_scored_one_batch_at_a_time_with_the_same_result(tmp_path: Pa
 
     photos = [str(path) for path in photos_of(SAMPLE / "images")[:7]]
     backbone = build_backbone("small_cnn", "none", 32)
-    model = ImageModel(keras.Sequential([backbone, build_head(3, 0.0)]), 32)
+    model = ImageModel.of_keras(keras.Sequential([backbone, build_head(3, 0.0)]), 32)
     streamed = model.logits_of_photos(photos, batch_size=3)
     assert streamed.shape == (7, 3)
     np.testing.assert_allclose(streamed, model.logits(load_pixels(photos, 32)), rtol=1e-5)

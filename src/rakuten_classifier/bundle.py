@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,16 +125,19 @@ class Bundle:
         used = np.array([problem is None for problem in problems], dtype=bool)
         return (np.stack(decoded) if decoded else None), used, problems
 
-    def predict_products(
+    def prepare(
         self,
         designations: Sequence[str],
         descriptions: Sequence[str | None],
         images: Sequence[bytes | None],
-    ) -> BundlePrediction:
-        """Classify products from their raw title, description and photo bytes (or None)."""
+    ) -> PreparedProducts:
+        """The models' inputs: the cleaned texts and the decoded photos (no model runs yet)."""
         texts = [product_text(t, d) for t, d in zip(designations, descriptions, strict=True)]
-        text_probabilities = self.text.predict_proba(texts)
-        pixels, used, problems = self.decode_images(images)
+        return PreparedProducts(texts, *self.decode_images(images))
+
+    def predict_prepared(self, prepared: PreparedProducts) -> BundlePrediction:
+        text_probabilities = self.text.predict_proba(prepared.texts)
+        pixels, used = prepared.pixels, prepared.used
         image_probabilities = np.full_like(text_probabilities, np.nan)
         features = colours = None
         if pixels is not None:
@@ -147,10 +151,40 @@ class Bundle:
             text_probabilities,
             image_probabilities,
             used,
-            problems,
+            prepared.problems,
             self.labels,
             features,
             colours,
+        )
+
+    def predict_products(
+        self,
+        designations: Sequence[str],
+        descriptions: Sequence[str | None],
+        images: Sequence[bytes | None],
+    ) -> BundlePrediction:
+        """Classify products from their raw title, description and photo bytes (or None)."""
+        return self.predict_prepared(self.prepare(designations, descriptions, images))
+
+
+@dataclass
+class PreparedProducts:
+    """A batch ready for the models: `Bundle.prepare`'s output, `predict_prepared`'s input."""
+
+    texts: list[str]
+    pixels: np.ndarray | None  # the usable photos, decoded, in product order
+    used: np.ndarray
+    problems: list[str | None]
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[PreparedProducts]) -> PreparedProducts:
+        """Several batches as one (the API's requests that share a model call)."""
+        pixels = [part.pixels for part in parts if part.pixels is not None]
+        return cls(
+            [text for part in parts for text in part.texts],
+            np.concatenate(pixels) if pixels else None,
+            np.concatenate([part.used for part in parts]),
+            [problem for part in parts for problem in part.problems],
         )
 
 
@@ -231,11 +265,21 @@ def read_manifest(path: Path = config.BUNDLE_DIR, verify: bool = True) -> dict[s
     return manifest
 
 
-def load_bundle(path: Path = config.BUNDLE_DIR, verify: bool = True) -> Bundle:
-    """The one way to load a bundle: checks its format and, by default, every file's sha256."""
+def image_runtime_of(manifest: dict[str, Any]) -> str:
+    """The image runtime a bundle was evaluated with (its `predict.image_runtime`)."""
+    return manifest.get("params", {}).get("predict", {}).get("image_runtime", "litert")
+
+
+def load_bundle(
+    path: Path = config.BUNDLE_DIR, verify: bool = True, image_runtime: str | None = None
+) -> Bundle:
+    """The one way to load a bundle: checks its format and, by default, every file's sha256.
+    The photo model runs on the runtime its metrics were measured with, unless `image_runtime`
+    (litert or keras) says otherwise."""
     path = Path(path)
     manifest = read_manifest(path, verify)
-    image = load_image_model(path / "image") if (path / "image").exists() else None
+    runtime = image_runtime or image_runtime_of(manifest)
+    image = load_image_model(path / "image", runtime) if (path / "image").exists() else None
     bundle = Bundle(
         path=path,
         labels=LabelMap.from_json(read_json(path / config.LABELS_JSON)),
@@ -253,20 +297,30 @@ def predict_frame(
     bundle: Bundle, products: pd.DataFrame, batch_size: int = 64, progress: bool = True
 ) -> tuple[pd.DataFrame, BundlePrediction]:
     """Predict products that carry `designation`, `description` and `image_path` columns
-    (a photo path that does not exist means no photo), in batches with a progress bar."""
+    (a photo path that does not exist means no photo), in batches with a progress bar.
+    The next batch's photos are read and decoded in a thread while the models run on this
+    one (Pillow and the LiteRT kernels release the GIL)."""
+
+    def prepare(first: int) -> PreparedProducts:
+        chunk = products.iloc[first : first + batch_size]
+        images = [
+            read_photo(path, missing_ok=True) if path else None for path in chunk["image_path"]
+        ]
+        return bundle.prepare(chunk["designation"].tolist(), chunk["description"].tolist(), images)
+
     parts: list[BundlePrediction] = []
-    with tqdm(total=len(products), desc="predicting", unit="product", disable=not progress) as bar:
-        for first in range(0, len(products), batch_size):
-            chunk = products.iloc[first : first + batch_size]
-            images = [
-                read_photo(path, missing_ok=True) if path else None for path in chunk["image_path"]
-            ]
-            parts.append(
-                bundle.predict_products(
-                    chunk["designation"].tolist(), chunk["description"].tolist(), images
-                )
-            )
-            bar.update(len(chunk))
+    starts = range(0, len(products), batch_size)
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="decode") as decoder,
+        tqdm(total=len(products), desc="predicting", unit="product", disable=not progress) as bar,
+    ):
+        upcoming = decoder.submit(prepare, starts[0]) if starts else None
+        for position in range(len(starts)):
+            prepared = upcoming.result()
+            if position + 1 < len(starts):
+                upcoming = decoder.submit(prepare, starts[position + 1])
+            parts.append(bundle.predict_prepared(prepared))
+            bar.update(len(prepared.texts))
     prediction = _concatenate(parts, bundle.labels)
     frame = pd.DataFrame(
         {"prdtypecode": prediction.codes, "probability": prediction.confidence.round(6)},

@@ -51,13 +51,23 @@ def predict(
     partition_rows: int = typer.Option(
         2048, min=1, help="With --scheduler: products per partition (whole batches)."
     ),
+    image_runtime: str | None = typer.Option(
+        None,
+        help="Run the photo model with litert or keras (the reference); default: the runtime "
+        "the bundle was evaluated with (its predict.image_runtime).",
+    ),
 ) -> None:
     """Predict the product type of every row of a CSV; rows without a usable photo are
     classified from their text."""
     from rakuten_classifier.bundle import BundleError, load_bundle, predict_csv
-    from rakuten_classifier.cluster_predict import predict_csv_on_cluster
     from rakuten_classifier.data import DataError
+    from rakuten_classifier.litert import RUNTIMES
     from rakuten_classifier.preprocess import is_url, split_archive_path
+
+    if image_runtime not in (None, *RUNTIMES):
+        raise typer.BadParameter(
+            f"expected one of {', '.join(RUNTIMES)}", param_hint="--image-runtime"
+        )
 
     local = not is_url(image_dir)
     if local and not Path(image_dir).is_dir() and split_archive_path(image_dir) is None:
@@ -66,11 +76,16 @@ def predict(
         )
     try:
         if scheduler:
+            # Dask is imported only here: a second of start-up the one-process command skips.
+            from rakuten_classifier.cluster_predict import predict_csv_on_cluster
+
             predict_csv_on_cluster(
                 scheduler, bundle, x_csv, image_dir, out, batch_size, partition_rows
             )
         else:
-            predict_csv(load_bundle(bundle), x_csv, image_dir, out, batch_size)
+            predict_csv(
+                load_bundle(bundle, image_runtime=image_runtime), x_csv, image_dir, out, batch_size
+            )
     except (BundleError, DataError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error

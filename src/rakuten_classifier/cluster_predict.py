@@ -12,6 +12,7 @@ are predicted.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from rakuten_classifier.cluster import ModelOnWorker, rows_of, run_partitions, w
 from rakuten_classifier.config import logger
 from rakuten_classifier.data import image_paths, read_products, write_predictions_csv
 from rakuten_classifier.files import atomic_path, sha256_file
+from rakuten_classifier.litert import THREADS_VARIABLE
 from rakuten_classifier.preprocess import absolute_location
 
 
@@ -32,6 +34,12 @@ class BundleOnWorker(ModelOnWorker):
     def __init__(self, bundle_dir: Path) -> None:
         super().__init__()
         self.bundle_dir = str(bundle_dir)
+
+    def setup(self, worker: object) -> None:
+        super().setup(worker)
+        # The photo model's kernels use the worker's threads, not every core: the machine's
+        # other workers have theirs (an explicit RAKUTEN_IMAGE_THREADS wins).
+        os.environ.setdefault(THREADS_VARIABLE, str(worker.state.nthreads))
 
     def load(self) -> Bundle:
         return load_bundle(Path(self.bundle_dir))

@@ -28,6 +28,7 @@ from rakuten_classifier.config import logger
 from rakuten_classifier.data import load_labels, load_split, write_predictions_csv
 from rakuten_classifier.files import atomic_dir, atomic_path, write_json
 from rakuten_classifier.image import load_image_model
+from rakuten_classifier.litert import REFERENCE_RUNTIME
 from rakuten_classifier.metrics import (
     classification_scores,
     per_class_scores,
@@ -86,6 +87,36 @@ def evaluate_bundle(
     return metrics, per_class, outcomes
 
 
+# Largest difference of a probability between the served runtime and the reference: float32
+# rounding is about 1e-6 here; anything near this is a wrong export, not rounding.
+PARITY_TOLERANCE = 1e-4
+
+
+def check_runtime_parity(
+    served: Bundle, reference: Bundle, products: pd.DataFrame, batch_size: int
+) -> float:
+    """The served runtime must give the reference's classes and probabilities on `products`
+    (the test split): the metrics, computed with the reference, then describe what is served.
+    Returns the largest probability difference; raises, naming products, when they differ."""
+    _, answer = predict_frame(served, products, batch_size, progress=False)
+    _, expected = predict_frame(reference, products, batch_size, progress=False)
+    gap = np.abs(answer.probabilities - expected.probabilities).max(initial=0.0)
+    other = answer.probabilities.argmax(axis=1) != expected.probabilities.argmax(axis=1)
+    if other.any() or gap > PARITY_TOLERANCE:
+        raise RuntimeError(
+            f"the {served.image.runtime} image runtime differs from {REFERENCE_RUNTIME}: other "
+            f"classes for products {list(products.index[other][:5])}, largest probability "
+            f"difference {gap:.2g} (tolerance {PARITY_TOLERANCE:g})"
+        )
+    logger.info(
+        "%s runtime: the reference's classes on %d products, probabilities within %.1g",
+        served.image.runtime if served.image else "no image",
+        len(products),
+        gap,
+    )
+    return float(gap)
+
+
 def time_bundle(
     bundle: Bundle, products: pd.DataFrame, batch_size: int, singles: int
 ) -> dict[str, dict[str, float]]:
@@ -141,13 +172,13 @@ def run(
     with tempfile.TemporaryDirectory(dir=models_dir, prefix=".predict.") as scratch:
         evaluated_dir = Path(scratch) / "evaluated"
         assemble_bundle(evaluated_dir, components, labels, params)
-        evaluated = load_bundle(evaluated_dir)
+        evaluated = load_bundle(evaluated_dir, image_runtime=REFERENCE_RUNTIME)
         metrics, per_class, outcomes = evaluate_bundle(
             evaluated, splits["test"], stage["batch_size"]
         )
-        timing = time_bundle(
-            evaluated, splits["test"], stage["batch_size"], stage["timing_singles"]
-        )
+        served = load_bundle(evaluated_dir)  # the runtime the bundle serves with
+        check_runtime_parity(served, evaluated, splits["test"], stage["batch_size"])
+        timing = time_bundle(served, splits["test"], stage["batch_size"], stage["timing_singles"])
         training = {
             "metrics_from": "models trained on the train split, scored on the held-out test split",
             "trained_on": {name: len(frame) for name, frame in splits.items() if name == "train"},
@@ -160,7 +191,9 @@ def run(
             training["trained_on"] = {name: len(frame) for name, frame in splits.items()}
         trained_on = labelled if stage["refit"] else splits["train"]
         shipped_image = (
-            load_image_model(components["image"]) if components["image"].exists() else None
+            load_image_model(components["image"], REFERENCE_RUNTIME)
+            if components["image"].exists()
+            else None
         )
         profile = reference_profile(
             trained_on,
@@ -180,7 +213,7 @@ def run(
         }
         with atomic_dir(Path(models_dir) / "bundle") as out:
             assemble_bundle(out, components, labels, params, metrics, training, per_class_f1)
-    bundle = load_bundle(Path(models_dir) / "bundle")
+    bundle = load_bundle(Path(models_dir) / "bundle", image_runtime=REFERENCE_RUNTIME)
     unlabelled = load_split(config.UNLABELLED, processed_dir)
     predictions, _ = predict_frame(bundle, unlabelled, stage["batch_size"])
     write_predictions_csv(Path(predictions_dir) / "predictions.csv", predictions)

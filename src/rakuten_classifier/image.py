@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -17,6 +17,7 @@ from rakuten_classifier.calibration import fit_temperature, log_probabilities, s
 from rakuten_classifier.config import logger
 from rakuten_classifier.data import load_labels, load_split
 from rakuten_classifier.files import atomic_dir, read_json, write_json
+from rakuten_classifier.litert import RUNTIMES, LiteRTFunction, export_litert
 from rakuten_classifier.metrics import classification_scores
 from rakuten_classifier.preprocess import decode_image, read_photo
 from rakuten_classifier.training import (
@@ -27,6 +28,9 @@ from rakuten_classifier.training import (
     save_keras_model,
     set_seeds,
 )
+
+# A forward pass: an array of inputs (and a batch size) in, an array of outputs out.
+Forward = InferenceFunction | LiteRTFunction
 
 # Length of the normalised feature vector the image head sees: 10 let the softmax reach
 # confident probabilities at the learning rates of params.yaml (5 and 20 did worse on the sample).
@@ -170,20 +174,36 @@ def build_image_model(backbone: Any, head: Any, params: dict[str, Any]) -> Any:
 
 
 class ImageModel:
-    """A trained Keras image classifier and the input size its decoder must produce. It runs
-    as its two parts, the backbone (photo -> pooled features) then the head (features ->
+    """A trained image classifier and the input size its decoder must produce. It runs as its
+    two parts, the backbone (photo -> pooled features) then the head (features ->
     probabilities): the same answer as the whole model at inference (its augmentation is off
-    then), and the features are there for drift detection."""
+    then), and the features are there for drift detection. Each part is a traced Keras
+    function or a LiteRT model (`litert`); `model`, the Keras model, is what training saves."""
 
     MODEL_FILE = "model.keras"
+    LITERT_FILES: ClassVar[dict[str, str]] = {"backbone": "backbone.tflite", "head": "head.tflite"}
 
-    def __init__(self, model: Any, image_size: int, temperature: float = 1.0) -> None:
-        self.model = model
+    def __init__(
+        self,
+        backbone: Forward,
+        head: Forward,
+        image_size: int,
+        temperature: float = 1.0,
+        model: Any = None,
+        runtime: str = "keras",
+    ) -> None:
+        self.backbone, self.head = backbone, head
         self.image_size = image_size
         self.temperature = temperature
+        self.model = model
+        self.runtime = runtime
+
+    @classmethod
+    def of_keras(cls, model: Any, image_size: int, temperature: float = 1.0) -> ImageModel:
         # build_image_model: input, augmentation, backbone, head.
-        self.backbone = InferenceFunction(model.layers[-2])
-        self.head = InferenceFunction(model.get_layer("head"))
+        backbone = InferenceFunction(model.layers[-2])
+        head = InferenceFunction(model.get_layer("head"))
+        return cls(backbone, head, image_size, temperature, model, "keras")
 
     def features(self, pixels: np.ndarray) -> np.ndarray:
         """Pooled backbone features of decoded photos (uint8 or float RGB)."""
@@ -206,7 +226,7 @@ class ImageModel:
             self.logits(load_pixels(paths[start : start + batch_size], self.image_size))
             for start in range(0, len(paths), batch_size)
         ]
-        return np.concatenate(parts) if parts else np.zeros((0, self.model.output_shape[-1]))
+        return np.concatenate(parts) if parts else np.zeros((0, self.head.width))
 
     def predict_proba_photos(self, paths: list[str]) -> np.ndarray:
         return softmax(self.logits_of_photos(paths), self.temperature)
@@ -229,22 +249,41 @@ def load_pixels(paths: list[str], size: int) -> np.ndarray:
 
 
 def save_image_model(model: ImageModel, out_dir: Path, extra: dict[str, Any]) -> None:
+    """The Keras model (the reference, and what a refit starts from) and its two parts exported
+    for the LiteRT runtime."""
+    if model.model is None:
+        raise ValueError("an image model loaded for the LiteRT runtime alone cannot be saved")
     out_dir.mkdir(parents=True, exist_ok=True)
     save_keras_model(model.model, out_dir / ImageModel.MODEL_FILE)
+    parts = {"backbone": model.model.layers[-2], "head": model.model.get_layer("head")}
+    for name, file in ImageModel.LITERT_FILES.items():
+        export_litert(parts[name], out_dir / file)
     write_json(
         out_dir / IMAGE_MODEL_JSON,
         {"image_size": model.image_size, "temperature": model.temperature, **extra},
     )
 
 
-def load_image_model(model_dir: Path) -> ImageModel:
+def load_image_model(model_dir: Path, runtime: str = "litert") -> ImageModel:
+    """A saved image model, run by `runtime` (litert.RUNTIMES). LiteRT needs neither TensorFlow
+    nor Keras; a model saved before it existed is run by Keras, with a warning."""
+    model_dir = Path(model_dir)
+    if runtime not in RUNTIMES:
+        raise ValueError(f"image runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
+    spec = read_json(model_dir / IMAGE_MODEL_JSON)
+    size, temperature = int(spec["image_size"]), float(spec["temperature"])
+    files = {name: model_dir / file for name, file in ImageModel.LITERT_FILES.items()}
+    if runtime == "litert":
+        if all(path.exists() for path in files.values()):
+            logger.debug("loading image model from %s for LiteRT", model_dir)
+            parts = {name: LiteRTFunction(path) for name, path in files.items()}
+            return ImageModel(parts["backbone"], parts["head"], size, temperature, None, runtime)
+        logger.warning("%s: no LiteRT export (an older model): running it with Keras", model_dir)
     import keras
 
-    model_dir = Path(model_dir)
-    spec = read_json(model_dir / IMAGE_MODEL_JSON)
-    logger.debug("loading image model from %s", model_dir)
+    logger.debug("loading image model from %s for Keras", model_dir)
     model = keras.models.load_model(model_dir / ImageModel.MODEL_FILE)
-    return ImageModel(model, int(spec["image_size"]), float(spec["temperature"]))
+    return ImageModel.of_keras(model, size, temperature)
 
 
 # --- the image_features and train_image stages ----------------------------------------------
@@ -415,7 +454,7 @@ def fit_image_model(
             fit(model, "fine_tune", as_features=False)
     else:
         fit(model, "head", as_features=False)
-    return ImageModel(model, size), used
+    return ImageModel.of_keras(model, size), used
 
 
 def train(

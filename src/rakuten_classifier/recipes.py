@@ -24,6 +24,7 @@ from rakuten_classifier.config import logger
 from rakuten_classifier.data import load_labels, load_split
 from rakuten_classifier.files import atomic_dir, read_json
 from rakuten_classifier.fusion import fit_fusion, weighted_f1
+from rakuten_classifier.litert import REFERENCE_RUNTIME
 from rakuten_classifier.sentence_encoder import vector_cache
 
 
@@ -129,7 +130,8 @@ def train_fusion(
     settings = params["train_fusion"]
     val = load_split("val", processed_dir)
     # Validation photos go through the whole image model, exactly as the bundle serves them.
-    text_model, image_model = text.load_text_model(text_dir), image.load_image_model(image_dir)
+    text_model = text.load_text_model(text_dir)
+    image_model = image.load_image_model(image_dir, REFERENCE_RUNTIME)
     held_out = [held_out_probabilities(val, text_model, image_model)]
     del text_model, image_model  # the out-of-fold refits below need the memory
     labels = [val["label"].to_numpy()]

@@ -24,7 +24,7 @@ from stop_words import get_stop_words
 from rakuten_classifier.calibration import fit_temperature, log_probabilities, softmax
 from rakuten_classifier.config import logger
 from rakuten_classifier.data import load_labels, load_split
-from rakuten_classifier.files import atomic_path, read_json, write_json
+from rakuten_classifier.files import atomic_path, read_json, read_pickle, write_json, write_pickle
 from rakuten_classifier.metrics import classification_scores
 from rakuten_classifier.preprocess import clean_text
 from rakuten_classifier.sentence_encoder import SentenceEmbedding
@@ -40,7 +40,7 @@ from rakuten_classifier.word_vectors import MeanWordVector, VectorTable, load_ve
 
 # --- fitted on the train split by the `tokenize` stage -------------------------------------
 
-TFIDF_FILE = "tfidf.joblib"
+TFIDF_FILE = "tfidf.pkl"
 VOCABULARY_FILE = "vocabulary.txt"
 # Word tokens of letters (accented too) and digits; one-letter words carry little.
 WORD_PATTERN = r"(?u)\b\w\w+\b"
@@ -157,14 +157,13 @@ def fit_tokenizers(texts: list[str], params: dict[str, Any]) -> tuple[FeatureUni
 
 def save_tokenizers(out_dir: Path, tfidf: FeatureUnion, vocabulary: list[str]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / TFIDF_FILE) as tmp:
-        joblib.dump(tfidf, tmp)
+    write_pickle(out_dir / TFIDF_FILE, tfidf)
     with atomic_path(out_dir / VOCABULARY_FILE) as tmp:
         tmp.write_text("\n".join(vocabulary) + "\n", encoding="utf-8")
 
 
 def load_tfidf(tokenizer_dir: Path) -> FeatureUnion:
-    return joblib.load(tokenizer_dir / TFIDF_FILE)
+    return read_pickle(tokenizer_dir / TFIDF_FILE)
 
 
 def load_vocabulary(tokenizer_dir: Path) -> list[str]:
@@ -180,7 +179,8 @@ class LinearTextModel:
     """TF-IDF features and a linear classifier in one scikit-learn pipeline, raw text in."""
 
     kind = "linear"
-    MODEL_FILE = "model.joblib"
+    MODEL_FILE = "model.pkl"
+    OLD_MODEL_FILE = "model.joblib"  # bundles built before the switch to plain pickle
 
     def __init__(self, pipeline: Pipeline, temperature: float = 1.0) -> None:
         self.pipeline = pipeline
@@ -193,12 +193,13 @@ class LinearTextModel:
         return softmax(self.logits(texts), self.temperature)
 
     def save(self, out_dir: Path) -> None:
-        with atomic_path(out_dir / self.MODEL_FILE) as tmp:
-            joblib.dump(self.pipeline, tmp)
+        write_pickle(out_dir / self.MODEL_FILE, self.pipeline)
 
     @classmethod
     def load(cls, model_dir: Path, temperature: float) -> LinearTextModel:
-        return cls(joblib.load(model_dir / cls.MODEL_FILE), temperature)
+        if not (model_dir / cls.MODEL_FILE).exists() and (model_dir / cls.OLD_MODEL_FILE).exists():
+            return cls(joblib.load(model_dir / cls.OLD_MODEL_FILE), temperature)
+        return cls(read_pickle(model_dir / cls.MODEL_FILE), temperature)
 
 
 class KerasTextModel:

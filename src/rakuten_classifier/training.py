@@ -119,6 +119,10 @@ class InferenceFunction:
             lambda inputs: model(inputs, training=False), input_signature=[spec]
         )
 
+    @property
+    def width(self) -> int:
+        return int(self.model.output_shape[-1])
+
     def __call__(self, inputs: Any, batch_size: int = 64) -> np.ndarray:
         import tensorflow as tf
 
@@ -127,7 +131,7 @@ class InferenceFunction:
             for start in range(0, len(inputs), batch_size)
         ]
         if not outputs:
-            return np.zeros((0, self.model.output_shape[-1]), dtype=np.float32)
+            return np.zeros((0, self.width), dtype=np.float32)
         return np.concatenate(outputs)
 
 

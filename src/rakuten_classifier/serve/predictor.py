@@ -1,5 +1,7 @@
-"""The model behind the API: one worker thread runs `Bundle.predict_products`, the function
-the batch command uses, and requests that arrive while it is busy share its next call.
+"""The model behind the API: one worker thread runs `Bundle.predict_prepared`, the function
+the batch command uses, and requests that arrive while it is busy share its next call. Each
+request's photos are decoded beforehand in its own thread (`Bundle.prepare`), so decoding
+overlaps the models' work instead of queueing behind it.
 
 Grouping adds no waiting (the worker takes whatever is queued when it becomes free) and
 changes no answer: every product's row is computed on its own at each step (text model,
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from rakuten_classifier.bundle import Bundle, BundlePrediction
+from rakuten_classifier.bundle import Bundle, BundlePrediction, PreparedProducts
 from rakuten_classifier.config import logger
 from rakuten_classifier.serve.errors import ApiError
 from rakuten_classifier.serve.telemetry import Metrics
@@ -28,13 +30,11 @@ GROUP_PRODUCTS = 64  # products per model call at most, as in the batch command
 
 @dataclass
 class _Job:
-    designations: list[str]
-    descriptions: list[str]
-    images: list[bytes | None]
+    prepared: PreparedProducts
     future: asyncio.Future = field(repr=False)
 
     def __len__(self) -> int:
-        return len(self.designations)
+        return len(self.prepared.texts)
 
 
 class Predictor:
@@ -103,18 +103,17 @@ class Predictor:
                 f"over {self.max_pending} products are waiting for the model; retry shortly",
                 headers={"Retry-After": "1"},
             )
-        job = _Job(
-            list(designations),
-            list(descriptions),
-            list(images),
-            asyncio.get_running_loop().create_future(),
-        )
-        self._pending += len(job)
+        loop = asyncio.get_running_loop()
+        self._pending += len(designations)
         try:
+            prepared = await loop.run_in_executor(
+                None, self.bundle.prepare, designations, descriptions, images
+            )
+            job = _Job(prepared, loop.create_future())
             self._queue.put_nowait(job)
             return await job.future
         finally:
-            self._pending -= len(job)
+            self._pending -= len(designations)
 
     async def _work(self) -> None:
         assert self._queue is not None
@@ -152,8 +151,6 @@ class Predictor:
 
     def _run(self, jobs: list[_Job]) -> BundlePrediction:
         self.metrics.model_batch.observe(sum(len(job) for job in jobs))
-        return self.bundle.predict_products(
-            [text for job in jobs for text in job.designations],
-            [text for job in jobs for text in job.descriptions],
-            [image for job in jobs for image in job.images],
+        return self.bundle.predict_prepared(
+            PreparedProducts.concatenate([job.prepared for job in jobs])
         )
