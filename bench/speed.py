@@ -38,7 +38,8 @@ COMMAND_ROWS = 1000
 
 
 def median_seconds(work: Any, repeats: int = REPEATS) -> float:
-    work()  # warm-up: traced functions, caches, page cache
+    with contextlib.redirect_stderr(io.StringIO()):
+        work()  # warm-up: traced functions, caches, page cache
     seconds = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -177,9 +178,13 @@ def report_rows(figures: dict[str, float], previous: dict[str, float]) -> list[l
     """The table `make bench` prints: each figure, its reference in this run and their ratio,
     and the figure of the previous run on this machine."""
 
-    def row(label: str, key: str, digits: int, reference: float | None = None) -> list[str]:
+    def row(
+        label: str, key: str, digits: int, reference: float | None = None, share: bool = False
+    ) -> list[str]:
         value, before = figures[key], previous.get(key)
         ratio = "" if reference is None else f"{value / reference:.2f}x"
+        if share and reference:
+            ratio = f"{value / reference:.0%}"
         shown = "" if reference is None else f"{reference:.{digits}f}"
         was = "" if before is None else f"{before:.{digits}f}"
         return [label, f"{value:.{digits}f}", shown, ratio, was]
@@ -205,6 +210,7 @@ def report_rows(figures: dict[str, float], previous: dict[str, float]) -> list[l
                 "photo_path_gflops",
                 0,
                 figures["peak_gflops"],
+                share=True,
             )
         )
     return rows
