@@ -28,6 +28,7 @@ LAYERS: list[set[str]] = [
         "download",
         "training",
         "litert",
+        "char_ngrams",
         "profiling",
         "cluster",
     },

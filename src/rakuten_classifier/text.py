@@ -15,6 +15,7 @@ from typing import Any
 import joblib
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, Pipeline
@@ -22,6 +23,7 @@ from sklearn.svm import LinearSVC
 from stop_words import get_stop_words
 
 from rakuten_classifier.calibration import fit_temperature, log_probabilities, softmax
+from rakuten_classifier.char_ngrams import CharNgramIndex, CollisionError
 from rakuten_classifier.config import logger
 from rakuten_classifier.data import load_labels, load_split
 from rakuten_classifier.files import atomic_path, read_json, read_pickle, write_json, write_pickle
@@ -89,14 +91,53 @@ class StemmedWords:
         self.language = state["language"]
 
 
+NGRAM_CHUNK = 4096  # texts per NumPy n-gram count (StableTfidfVectorizer.transform)
+
+
 class StableTfidfVectorizer(TfidfVectorizer):
     """TfidfVectorizer that pickles to the same bytes for the same fit: scikit-learn keeps the
-    memory address of its stop-word list (`_stop_words_id`, a cache key) in the object."""
+    memory address of its stop-word list (`_stop_words_id`, a cache key) in the object.
+    A fitted character vectoriser counts its n-grams with NumPy (`char_ngrams`): the same
+    matrix, about ten times sooner."""
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state.pop("_stop_words_id", None)
+        state.pop("_ngram_index", None)  # rebuilt from the vocabulary on first use
         return state
+
+    def _fast_index(self) -> CharNgramIndex | None:
+        if "_ngram_index" not in vars(self):
+            plain = (
+                self.analyzer == "char_wb"
+                and self.lowercase
+                and self.preprocessor is None
+                and self.strip_accents is None
+                and self.input == "content"
+                and self.ngram_range[0] <= 3
+            )
+            try:
+                index = CharNgramIndex(self.vocabulary_, self.ngram_range) if plain else None
+            except CollisionError:
+                index = None
+            self._ngram_index = index
+        return self._ngram_index
+
+    def transform(self, raw_documents: Any) -> Any:
+        index = self._fast_index() if hasattr(self, "vocabulary_") else None
+        if index is None or isinstance(raw_documents, str):
+            return super().transform(raw_documents)
+        documents = list(raw_documents)
+        # A few thousand texts at a time: the arrays of every character's windows of all 85k
+        # training texts at once would take about 2 GB.
+        parts = [
+            index.counts(documents[first : first + NGRAM_CHUNK], self.dtype)
+            for first in range(0, len(documents), NGRAM_CHUNK)
+        ] or [index.counts([], self.dtype)]
+        counts = parts[0] if len(parts) == 1 else sp.vstack(parts, format="csr")
+        if self.binary:
+            counts.data.fill(1)
+        return self._tfidf.transform(counts, copy=False)
 
 
 def build_tfidf(params: dict[str, Any]) -> FeatureUnion:

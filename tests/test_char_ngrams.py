@@ -1,0 +1,89 @@
+"""The NumPy count of character n-grams against scikit-learn's own loop: the same matrix,
+value for value, on the sample's texts and on the cases that trip a hand-written tokenizer."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from conftest import SAMPLE
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+from rakuten_classifier import char_ngrams, config, text
+from rakuten_classifier.char_ngrams import CharNgramIndex, CollisionError
+from rakuten_classifier.data import read_products
+from rakuten_classifier.preprocess import product_text
+from rakuten_classifier.text import StableTfidfVectorizer
+
+AWKWARD = [
+    "",
+    "   ",
+    "a",
+    "a b  c",
+    "tab\tnew\nline\r\n  x\u00a0y\u2003z",  # every kind of white space
+    "İstanbul STRASSE Straße ΣΊΣΥΦΟΣ",  # lower() changes the length of İ
+    "emoji 😀😀 ok 🇫🇷",  # characters outside the basic plane
+    "x" * 60,
+    "mot-composé l'été 3,5cm",
+    "zzqqj unseen wvxk",  # n-grams the vocabulary does not know
+]
+
+
+@pytest.fixture(scope="module")
+def texts() -> list[str]:
+    products = read_products(SAMPLE / config.X_TRAIN_CSV)
+    return [
+        product_text(title, description)
+        for title, description in zip(products["designation"], products["description"], strict=True)
+    ]
+
+
+def fitted(texts: list[str], ngram_range: tuple[int, int]) -> StableTfidfVectorizer:
+    vectorizer = StableTfidfVectorizer(
+        analyzer="char_wb", ngram_range=ngram_range, sublinear_tf=True, dtype=np.float32
+    )
+    return vectorizer.fit(texts[::2])  # half the texts: the rest hold unseen n-grams
+
+
+@pytest.mark.parametrize("ngram_range", [(2, 5), (1, 3), (3, 6)])
+def test_the_counts_and_weights_are_scikit_learns(texts, ngram_range, monkeypatch) -> None:
+    vectorizer = fitted(texts, ngram_range)
+    documents = texts + AWKWARD + [text.upper() for text in AWKWARD]
+    monkeypatch.setattr(text, "NGRAM_CHUNK", 100)  # several chunks, stacked
+    fast = vectorizer.transform(documents)
+    assert vectorizer._ngram_index is not None  # the NumPy path ran
+    expected = TfidfVectorizer.transform(vectorizer, documents)
+    assert fast.shape == expected.shape and fast.dtype == expected.dtype
+    np.testing.assert_array_equal(fast.indptr, expected.indptr)
+    np.testing.assert_array_equal(fast.indices, expected.indices)
+    np.testing.assert_array_equal(fast.data, expected.data)
+    counts = vectorizer._ngram_index.counts(AWKWARD)
+    assert counts[AWKWARD.index("")].nnz == 0 and counts[AWKWARD.index("   ")].nnz == 0
+    assert vectorizer._ngram_index.counts([]).shape == (0, len(vectorizer.vocabulary_))
+
+
+def test_the_index_is_rebuilt_after_pickling_and_skipped_where_it_does_not_apply(texts) -> None:
+    vectorizer = fitted(texts, (2, 5))
+    before = vectorizer.transform(texts[:20])
+    again = pickle.loads(pickle.dumps(vectorizer))
+    assert "_ngram_index" not in vars(again)
+    assert (again.transform(texts[:20]) != before).nnz == 0
+    words = StableTfidfVectorizer(analyzer="word").fit(texts)
+    words.transform(texts[:3])
+    assert words._ngram_index is None  # scikit-learn's own path for words
+
+
+def test_a_hash_collision_falls_back_to_scikit_learn(texts, monkeypatch) -> None:
+    vectorizer = fitted(texts, (2, 4))
+    with monkeypatch.context() as patch:
+        patch.setattr(
+            char_ngrams, "_hashes_of_terms", lambda terms: np.zeros(len(terms), np.uint64)
+        )
+        with pytest.raises(CollisionError):
+            CharNgramIndex(vectorizer.vocabulary_, (2, 4))
+        result = vectorizer.transform(texts[:10])
+    assert vectorizer._ngram_index is None
+    assert (result != TfidfVectorizer.transform(vectorizer, texts[:10])).nnz == 0
+    with pytest.raises(ValueError, match="not supported"):
+        CharNgramIndex({"abcd": 0}, (4, 5))
