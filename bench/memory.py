@@ -164,7 +164,7 @@ def main(
         full = {}
         for stage in ("import_raw", "make_dataset", *TEXT_STAGES):
             full[stage] = run_step(f"{stage} (all rows)", stage, project)
-        for cap in photos:
+        for cap in (cap for cap in photos if cap > 0):  # --photos 0: no capped runs
             capped, kept = capped_project(project, cap)
             for stage in TEXT_STAGES:  # what the photo stages need, at this size
                 run_step(f"{stage} ({kept} photos' rows)", stage, capped)

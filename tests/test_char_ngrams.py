@@ -10,7 +10,7 @@ import pytest
 from conftest import SAMPLE
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from rakuten_classifier import char_ngrams, config, text
+from rakuten_classifier import char_ngrams, config
 from rakuten_classifier.char_ngrams import CharNgramIndex, CollisionError
 from rakuten_classifier.data import read_products
 from rakuten_classifier.preprocess import product_text
@@ -50,7 +50,7 @@ def fitted(texts: list[str], ngram_range: tuple[int, int]) -> StableTfidfVectori
 def test_the_counts_and_weights_are_scikit_learns(texts, ngram_range, monkeypatch) -> None:
     vectorizer = fitted(texts, ngram_range)
     documents = texts + AWKWARD + [text.upper() for text in AWKWARD]
-    monkeypatch.setattr(text, "NGRAM_CHUNK", 100)  # several chunks, stacked
+    monkeypatch.setattr(char_ngrams, "CHUNK_TEXTS", 100)  # several chunks, assembled
     fast = vectorizer.transform(documents)
     assert vectorizer._ngram_index is not None  # the NumPy path ran
     expected = TfidfVectorizer.transform(vectorizer, documents)

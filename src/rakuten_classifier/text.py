@@ -15,7 +15,6 @@ from typing import Any
 import joblib
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, Pipeline
@@ -91,9 +90,6 @@ class StemmedWords:
         self.language = state["language"]
 
 
-NGRAM_CHUNK = 4096  # texts per NumPy n-gram count (StableTfidfVectorizer.transform)
-
-
 class StableTfidfVectorizer(TfidfVectorizer):
     """TfidfVectorizer that pickles to the same bytes for the same fit: scikit-learn keeps the
     memory address of its stop-word list (`_stop_words_id`, a cache key) in the object.
@@ -127,14 +123,7 @@ class StableTfidfVectorizer(TfidfVectorizer):
         index = self._fast_index() if hasattr(self, "vocabulary_") else None
         if index is None or isinstance(raw_documents, str):
             return super().transform(raw_documents)
-        documents = list(raw_documents)
-        # A few thousand texts at a time: the arrays of every character's windows of all 85k
-        # training texts at once would take about 2 GB.
-        parts = [
-            index.counts(documents[first : first + NGRAM_CHUNK], self.dtype)
-            for first in range(0, len(documents), NGRAM_CHUNK)
-        ] or [index.counts([], self.dtype)]
-        counts = parts[0] if len(parts) == 1 else sp.vstack(parts, format="csr")
+        counts = index.counts(list(raw_documents), self.dtype)
         if self.binary:
             counts.data.fill(1)
         return self._tfidf.transform(counts, copy=False)
