@@ -12,6 +12,8 @@ vocabulary in which two terms share one.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,6 +24,18 @@ import scipy.sparse as sp
 _MULTIPLIER = np.uint64(0x100000001B3)
 _SPREAD = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio, for the table's slots
 CHUNK_TEXTS = 1024  # texts whose windows are hashed together
+
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None)
+
+
+def release_freed_memory() -> None:
+    """Give the heap's freed pages back to the system (glibc's malloc_trim). Each chunk's
+    arrays are a few MB, below glibc's mmap threshold: freed, they stayed in the heap, and a
+    full-size train_text then peaked 330 MB higher (2,851 MiB against 2,524)."""
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 def _codes(text: str) -> np.ndarray:
@@ -107,6 +121,8 @@ class CharNgramIndex:
             columns.append(chunk_columns.astype(np.int32))
             counts.append(chunk_counts.astype(dtype))
             lengths.append(chunk_lengths)
+            del chunk_columns, chunk_counts
+            release_freed_memory()
         per_text = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
         total = int(per_text.sum())
         indptr = np.zeros(len(texts) + 1, np.int32 if total < 2**31 else np.int64)
@@ -115,6 +131,7 @@ class CharNgramIndex:
         del columns
         data = np.concatenate(counts) if counts else np.zeros(0, dtype)
         del counts
+        release_freed_memory()
         return sp.csr_matrix((data, indices, indptr), shape=(len(texts), self.width))
 
     def _chunk(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
