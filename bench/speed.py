@@ -31,6 +31,7 @@ from rakuten_classifier import config
 from rakuten_classifier.bundle import Bundle, load_bundle, predict_frame
 from rakuten_classifier.data import image_paths, read_products
 from rakuten_classifier.preprocess import product_text, read_photo
+from rakuten_classifier.training import InferenceFunction
 
 REPEATS = 3  # the median of this many timed passes, after one warm-up
 REFERENCE_BATCH = 32
@@ -61,8 +62,6 @@ def reference_forward(size: int) -> Any:
     trained ones, nothing downloaded), traced, in batches of 32."""
     import keras
 
-    from rakuten_classifier.training import InferenceFunction
-
     return InferenceFunction(
         keras.applications.EfficientNetB0(
             include_top=True, weights=None, input_shape=(size, size, 3), classes=27
@@ -79,10 +78,9 @@ def reference_photo_path(paths: list[str], size: int, forward: Any) -> None:
         forward(np.stack(batch).astype(np.float32), REFERENCE_BATCH)
 
 
-def photo_path(bundle: Bundle, photos: pd.DataFrame) -> dict[str, float]:
+def photo_path(bundle: Bundle, keras_bundle: Bundle, photos: pd.DataFrame) -> dict[str, float]:
     """Products per second with a photo: the bundle (its runtime), its Keras reference, and
     the naive reference path."""
-    keras_bundle = load_bundle(bundle.path, image_runtime="keras")
     forward = reference_forward(bundle.image.image_size)
     paths = photos["image_path"].tolist()
     seconds = {
@@ -95,7 +93,7 @@ def photo_path(bundle: Bundle, photos: pd.DataFrame) -> dict[str, float]:
     return {name: len(photos) / value for name, value in seconds.items()}
 
 
-def flops_per_photo(bundle: Bundle) -> float:
+def flops_per_photo(keras_bundle: Bundle) -> float:
     """Floating-point operations of the photo model on one photo (TensorFlow's profiler on
     the frozen graph of its Keras reference: multiply and add counted apart)."""
     import tensorflow as tf
@@ -104,8 +102,7 @@ def flops_per_photo(bundle: Bundle) -> float:
     )
     from tensorflow.python.profiler import model_analyzer, option_builder
 
-    model = load_bundle(bundle.path, image_runtime="keras").image.model
-    size = bundle.image.image_size
+    model, size = keras_bundle.image.model, keras_bundle.image.image_size
     concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(
         tf.TensorSpec((1, size, size, 3), tf.float32)
     )
@@ -163,9 +160,10 @@ def measure(bundle_dir: Path, sample: Path) -> dict[str, float]:
         figures["text_command_s"] = text_command_seconds(bundle_dir, products, Path(scratch))
     figures["text_products_per_s"] = text_path(bundle, products)
     if bundle.image is not None:
-        for name, value in photo_path(bundle, photos).items():
+        keras_bundle = load_bundle(bundle_dir, image_runtime="keras")
+        for name, value in photo_path(bundle, keras_bundle, photos).items():
             figures[f"photo_products_per_s_{name}"] = value
-        figures["photo_gflops"] = flops_per_photo(bundle) / 1e9
+        figures["photo_gflops"] = flops_per_photo(keras_bundle) / 1e9
         figures["peak_gflops"] = peak_gflops()
         figures["photo_path_gflops"] = (
             figures["photo_products_per_s_bundle"] * figures["photo_gflops"]

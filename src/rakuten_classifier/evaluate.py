@@ -20,6 +20,7 @@ import pandas as pd
 from rakuten_classifier import config, recipes
 from rakuten_classifier.bundle import (
     Bundle,
+    BundlePrediction,
     assemble_bundle,
     load_bundle,
     predict_frame,
@@ -44,12 +45,13 @@ from rakuten_classifier.reference import reference_profile
 
 def evaluate_bundle(
     bundle: Bundle, test: pd.DataFrame, batch_size: int
-) -> tuple[dict[str, Any], dict[str, pd.DataFrame], pd.DataFrame]:
+) -> tuple[dict[str, Any], dict[str, pd.DataFrame], pd.DataFrame, BundlePrediction]:
     """Score text, image and fusion on a labelled split.
 
-    Returns the metrics (for metrics/test.json), the per-class scores, and per product its
+    Returns the metrics (for metrics/test.json), the per-class scores, per product its
     actual and predicted product type codes (`image` empty where there is no photo). The image
-    model is scored on the products that have a photo; text and fusion on all of them.
+    model is scored on the products that have a photo; text and fusion on all of them; and
+    the prediction itself.
     """
     _, prediction = predict_frame(bundle, test, batch_size)
     y = test["label"].to_numpy()
@@ -84,7 +86,7 @@ def evaluate_bundle(
     outcomes["image"] = pd.Series(pd.NA, index=test.index, dtype="Int64")
     if used.any():
         outcomes.loc[used, "image"] = codes[predicted["image"]]
-    return metrics, per_class, outcomes
+    return metrics, per_class, outcomes, prediction
 
 
 # Largest difference of a probability between the served runtime and the reference: float32
@@ -93,13 +95,13 @@ PARITY_TOLERANCE = 1e-4
 
 
 def check_runtime_parity(
-    served: Bundle, reference: Bundle, products: pd.DataFrame, batch_size: int
+    served: Bundle, expected: BundlePrediction, products: pd.DataFrame, batch_size: int
 ) -> float:
-    """The served runtime must give the reference's classes and probabilities on `products`
-    (the test split): the metrics, computed with the reference, then describe what is served.
-    Returns the largest probability difference; raises, naming products, when they differ."""
+    """The served runtime must give the reference's classes and probabilities (`expected`, its
+    prediction of `products`, the test split): the metrics, computed with the reference, then
+    describe what is served. Returns the largest probability difference; raises, naming
+    products, when they differ."""
     _, answer = predict_frame(served, products, batch_size, progress=False)
-    _, expected = predict_frame(reference, products, batch_size, progress=False)
     gap = np.abs(answer.probabilities - expected.probabilities).max(initial=0.0)
     other = answer.probabilities.argmax(axis=1) != expected.probabilities.argmax(axis=1)
     if other.any() or gap > PARITY_TOLERANCE:
@@ -173,11 +175,11 @@ def run(
         evaluated_dir = Path(scratch) / "evaluated"
         assemble_bundle(evaluated_dir, components, labels, params)
         evaluated = load_bundle(evaluated_dir, image_runtime=REFERENCE_RUNTIME)
-        metrics, per_class, outcomes = evaluate_bundle(
+        metrics, per_class, outcomes, reference = evaluate_bundle(
             evaluated, splits["test"], stage["batch_size"]
         )
         served = load_bundle(evaluated_dir)  # the runtime the bundle serves with
-        check_runtime_parity(served, evaluated, splits["test"], stage["batch_size"])
+        check_runtime_parity(served, reference, splits["test"], stage["batch_size"])
         timing = time_bundle(served, splits["test"], stage["batch_size"], stage["timing_singles"])
         training = {
             "metrics_from": "models trained on the train split, scored on the held-out test split",

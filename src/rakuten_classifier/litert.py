@@ -82,8 +82,11 @@ class LiteRTFunction:
         self.threads = threads or default_threads()
         self._local = threading.local()
         interpreter = self._interpreter()
-        self.input_shape = tuple(interpreter.get_input_details()[0]["shape_signature"][1:])
-        self.width = int(interpreter.get_output_details()[0]["shape"][-1])
+        entry, exit_ = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+        self.input_shape = tuple(entry["shape_signature"][1:])
+        self.width = int(exit_["shape"][-1])
+        # The same tensors in every thread's interpreter of this file.
+        self._entry, self._exit = entry["index"], exit_["index"]
 
     def _interpreter(self) -> Interpreter:
         interpreter = getattr(self._local, "interpreter", None)
@@ -101,11 +104,9 @@ class LiteRTFunction:
                 f"{self.path.name}: inputs of shape {inputs.shape[1:]}, expected {self.input_shape}"
             )
         interpreter = self._interpreter()
-        entry = interpreter.get_input_details()[0]["index"]
-        exit_ = interpreter.get_output_details()[0]["index"]
         outputs = np.empty((len(inputs), self.width), dtype=np.float32)
         for row in range(len(inputs)):
-            interpreter.set_tensor(entry, inputs[row : row + 1])
+            interpreter.set_tensor(self._entry, inputs[row : row + 1])
             interpreter.invoke()
-            outputs[row] = interpreter.get_tensor(exit_)[0]
+            outputs[row] = interpreter.get_tensor(self._exit)[0]
         return outputs
