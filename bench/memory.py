@@ -45,7 +45,7 @@ LIMIT_MIB = 3 * 1024  # every stage must fit in 3 GB at full size
 
 def run_step(name: str, script: str, cwd: Path, env: dict[str, str] | None = None) -> tuple:
     """Run one stage script in `cwd`; return its peak RSS in MiB and its wall time in s."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "RAKUTEN_LOG_LEVEL": "WARNING", **(env or {})}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "RAKUTEN_LOG_LEVEL": "INFO", **(env or {})}
     started = time.perf_counter()
     with open(cwd / f"{name}.log", "wb") as log:
         child = subprocess.Popen(

@@ -25,6 +25,7 @@ from rakuten_classifier.bundle import (
     load_bundle,
     predict_frame,
 )
+from rakuten_classifier.char_ngrams import release_freed_memory
 from rakuten_classifier.config import logger
 from rakuten_classifier.data import load_labels, load_split, write_predictions_csv
 from rakuten_classifier.files import atomic_dir, atomic_path, write_json
@@ -171,7 +172,20 @@ def run(
     labels = load_labels(processed_dir)
     components = {name: Path(models_dir) / name for name in ("text", "image", "fusion")}
     splits = {name: load_split(name, processed_dir) for name in ("train", "val", "test")}
+    labelled = pd.concat(splits.values())
+    training = {
+        "metrics_from": "models trained on the train split, scored on the held-out test split",
+        "trained_on": {name: len(frame) for name, frame in splits.items() if name == "train"},
+    }
     with tempfile.TemporaryDirectory(dir=models_dir, prefix=".predict.") as scratch:
+        # The refit first: the text model's on every row, this stage's largest step at full
+        # size, needs no TensorFlow, whose gigabyte the evaluation below loads.
+        shipped = components
+        if stage["refit"]:
+            shipped = refit_components(
+                params, labelled, len(labels.codes), features_dir, components, Path(scratch)
+            )
+            training["trained_on"] = {name: len(frame) for name, frame in splits.items()}
         evaluated_dir = Path(scratch) / "evaluated"
         assemble_bundle(evaluated_dir, components, labels, params)
         evaluated = load_bundle(evaluated_dir, image_runtime=REFERENCE_RUNTIME)
@@ -181,20 +195,11 @@ def run(
         served = load_bundle(evaluated_dir)  # the runtime the bundle serves with
         check_runtime_parity(served, reference, splits["test"], stage["batch_size"])
         timing = time_bundle(served, splits["test"], stage["batch_size"], stage["timing_singles"])
-        training = {
-            "metrics_from": "models trained on the train split, scored on the held-out test split",
-            "trained_on": {name: len(frame) for name, frame in splits.items() if name == "train"},
-        }
-        labelled = pd.concat(splits.values())
-        if stage["refit"]:
-            components = refit_components(
-                params, labelled, len(labels.codes), features_dir, components, Path(scratch)
-            )
-            training["trained_on"] = {name: len(frame) for name, frame in splits.items()}
+        del served
         trained_on = labelled if stage["refit"] else splits["train"]
         shipped_image = (
-            load_image_model(components["image"], REFERENCE_RUNTIME)
-            if components["image"].exists()
+            load_image_model(shipped["image"], REFERENCE_RUNTIME)
+            if shipped["image"].exists()
             else None
         )
         profile = reference_profile(
@@ -205,8 +210,8 @@ def run(
             features_dir,
             params["train_image"],
         )
-        components["profile"] = Path(scratch) / "profile"
-        profile.save(components["profile"])
+        shipped = {**shipped, "profile": Path(scratch) / "profile"}
+        profile.save(shipped["profile"])
         per_class_f1 = {
             model: dict(
                 zip(frame["prdtypecode"].astype(str), frame["f1"].astype(float), strict=True)
@@ -214,7 +219,7 @@ def run(
             for model, frame in per_class.items()
         }
         with atomic_dir(Path(models_dir) / "bundle") as out:
-            assemble_bundle(out, components, labels, params, metrics, training, per_class_f1)
+            assemble_bundle(out, shipped, labels, params, metrics, training, per_class_f1)
     bundle = load_bundle(Path(models_dir) / "bundle", image_runtime=REFERENCE_RUNTIME)
     unlabelled = load_split(config.UNLABELLED, processed_dir)
     predictions, _ = predict_frame(bundle, unlabelled, stage["batch_size"])
@@ -256,6 +261,7 @@ def refit_components(
         recipes.refit(
             recipe, params, labelled, n_classes, features_dir, evaluated[name], refit[name]
         )
+        release_freed_memory()  # the text model's vocabularies, before TensorFlow loads
     return refit
 
 

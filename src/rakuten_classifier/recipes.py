@@ -20,6 +20,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from rakuten_classifier import config, image, text
 from rakuten_classifier.calibration import log_probabilities
+from rakuten_classifier.char_ngrams import release_freed_memory
 from rakuten_classifier.config import logger
 from rakuten_classifier.data import load_labels, load_split
 from rakuten_classifier.files import atomic_dir, read_json
@@ -37,16 +38,49 @@ class Recipe:
     rows: Callable[[pd.DataFrame], pd.DataFrame]  # the rows it learns from
     fit: Callable[[dict[str, Any], pd.DataFrame, int, dict[str, Any], Path | None], Any]
     save: Callable[[Any, Path, dict[str, Any]], None]
+    # Probabilities of a frame's products (NaN rows where the modality is missing); with a
+    # features folder, a frozen backbone's cached features stand in for the photos.
+    predict: Callable[[Any, pd.DataFrame, Path | None], np.ndarray]
 
     def spec(self, model_dir: Path) -> dict[str, Any]:
         return read_json(Path(model_dir) / self.spec_file)
 
 
+def text_probabilities(model: Any, frame: pd.DataFrame, _: Path | None = None) -> np.ndarray:
+    return model.predict_proba(frame["text"].tolist())
+
+
+def image_probabilities(
+    model: Any, frame: pd.DataFrame, features_dir: Path | None = None
+) -> np.ndarray:
+    """The image model's probabilities of `frame`'s products, NaN rows without a photo."""
+    has_image = frame["has_image"].to_numpy()
+    probabilities = np.full((len(frame), model.head.width), np.nan)
+    if has_image.any():
+        photos = frame[has_image]
+        if features_dir is not None:
+            features, _ = image.load_features(features_dir, photos)
+            probabilities[has_image] = model.predict_proba_features(features)
+        else:
+            probabilities[has_image] = model.predict_proba_photos(photos["image_path"].tolist())
+    return probabilities
+
+
 TEXT = Recipe(
-    "text", text.TEXT_MODEL_JSON, lambda frame: frame, text.fit_from_spec, text.save_text_model
+    "text",
+    text.TEXT_MODEL_JSON,
+    lambda frame: frame,
+    text.fit_from_spec,
+    text.save_text_model,
+    text_probabilities,
 )
 IMAGE = Recipe(
-    "image", image.IMAGE_MODEL_JSON, image.photo_rows, image.fit_from_spec, image.save_image_model
+    "image",
+    image.IMAGE_MODEL_JSON,
+    image.photo_rows,
+    image.fit_from_spec,
+    image.save_image_model,
+    image_probabilities,
 )
 
 
@@ -67,22 +101,15 @@ def refit(
 
 
 def held_out_probabilities(
-    frame: pd.DataFrame, text_model: Any, image_model: Any, features_dir: Path | None = None
+    frame: pd.DataFrame, text_model: Any, image_model: Any
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Text and image probabilities of `frame`'s products (image rows NaN without a photo).
-    With `features_dir` (a frozen backbone) the image head runs on the cached features."""
-    text_probabilities = text_model.predict_proba(frame["text"].tolist())
-    has_image = frame["has_image"].to_numpy()
-    image_probabilities = np.full_like(text_probabilities, np.nan)
-    if has_image.any() and image_model is not None:
-        photos = frame[has_image]
-        if features_dir is not None:
-            features, _ = image.load_features(features_dir, photos)
-            image_probabilities[has_image] = image_model.predict_proba_features(features)
-        else:
-            paths = photos["image_path"].tolist()
-            image_probabilities[has_image] = image_model.predict_proba_photos(paths)
-    return text_probabilities, image_probabilities, has_image
+    """Text and image probabilities of `frame`'s products (image rows NaN without a photo),
+    the photos through the whole image model, as the bundle serves them."""
+    text_out = TEXT.predict(text_model, frame, None)
+    image_out = np.full_like(text_out, np.nan)
+    if image_model is not None:
+        image_out = IMAGE.predict(image_model, frame, None)
+    return text_out, image_out, frame["has_image"].to_numpy()
 
 
 def out_of_fold(
@@ -94,24 +121,30 @@ def out_of_fold(
     folds: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Predictions for every train product from the validated recipes retrained on the other
-    folds."""
+    folds. All the text folds run first: they need no TensorFlow, whose gigabyte would
+    otherwise sit beside a text model fitted on 80% of the full data set."""
     # A frozen backbone's features are cached: the held-out photos need only the head.
     cached = features_dir if image.has_frozen_backbone(params["train_image"]) else None
-    text_out = np.zeros((len(train), n_classes))
-    image_out = np.full((len(train), n_classes), np.nan)
-    splitter = StratifiedKFold(folds, shuffle=True, random_state=params["seed"])
+    splits = list(
+        StratifiedKFold(folds, shuffle=True, random_state=params["seed"]).split(
+            train, train["label"]
+        )
+    )
+    out = {"text": np.zeros((len(train), n_classes)), "image": np.zeros((len(train), n_classes))}
     with vector_cache():  # each fold encodes most of the same texts again
-        for number, (fit_rows, held_rows) in enumerate(splitter.split(train, train["label"]), 1):
-            logger.info("out-of-fold predictions: fold %d/%d", number, folds)
-            fit_frame, held_frame = train.iloc[fit_rows], train.iloc[held_rows]
-            text_model = TEXT.fit(params, fit_frame, n_classes, specs["text"], features_dir)
-            image_model = IMAGE.fit(params, fit_frame, n_classes, specs["image"], features_dir)
-            probabilities = held_out_probabilities(held_frame, text_model, image_model, cached)
-            text_out[held_rows], image_out[held_rows] = probabilities[0], probabilities[1]
-            # Gone before the next fold's fit, not after it: on the full data set a text model
-            # (its vocabularies above all) is hundreds of MB.
-            del text_model, image_model, probabilities
-    return text_out, image_out, train["has_image"].to_numpy()
+        for recipe in (TEXT, IMAGE):
+            for number, (fit_rows, held_rows) in enumerate(splits, 1):
+                logger.info("out-of-fold %s model: fold %d/%d", recipe.modality, number, folds)
+                spec = specs[recipe.modality]
+                model = recipe.fit(params, train.iloc[fit_rows], n_classes, spec, features_dir)
+                out[recipe.modality][held_rows] = recipe.predict(
+                    model, train.iloc[held_rows], cached
+                )
+                # Gone before the next fold's fit, not after it: on the full data set a text
+                # model (its vocabularies above all) is hundreds of MB.
+                del model
+                release_freed_memory()
+    return out["text"], out["image"], train["has_image"].to_numpy()
 
 
 def train_fusion(
@@ -129,13 +162,8 @@ def train_fusion(
     Returns the fusion's scores on all those held-out products and on the validation split."""
     settings = params["train_fusion"]
     val = load_split("val", processed_dir)
-    # Validation photos go through the whole image model, exactly as the bundle serves them.
-    text_model = text.load_text_model(text_dir)
-    image_model = image.load_image_model(image_dir, REFERENCE_RUNTIME)
-    held_out = [held_out_probabilities(val, text_model, image_model)]
-    del text_model, image_model  # the out-of-fold refits below need the memory
-    labels = [val["label"].to_numpy()]
-    if settings["folds"] > 1:
+    held_out, labels = [], [val["label"].to_numpy()]
+    if settings["folds"] > 1:  # first: its text folds run before TensorFlow loads
         specs = {"text": TEXT.spec(text_dir), "image": IMAGE.spec(image_dir)}
         train_split = load_split("train", processed_dir)
         n_classes = len(load_labels(processed_dir).codes)
@@ -143,6 +171,11 @@ def train_fusion(
             out_of_fold(params, train_split, n_classes, features_dir, specs, settings["folds"])
         )
         labels.append(train_split["label"].to_numpy())
+    # Validation photos go through the whole image model, exactly as the bundle serves them.
+    text_model = text.load_text_model(text_dir)
+    image_model = image.load_image_model(image_dir, REFERENCE_RUNTIME)
+    held_out.insert(0, held_out_probabilities(val, text_model, image_model))
+    del text_model, image_model
     text_held_out, image_held_out, has_image = (
         np.concatenate(parts) for parts in zip(*held_out, strict=True)
     )
