@@ -38,7 +38,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     DVC_NO_ANALYTICS=1 \
     DO_NOT_TRACK=1 \
     MLFLOW_DISABLE_TELEMETRY=true \
-    RAKUTEN_CACHE_DIR=/home/rakuten/.cache/rakuten
+    RAKUTEN_CACHE_DIR=/home/rakuten/.cache/rakuten \
+    NUMBA_CACHE_DIR=/home/rakuten/.cache/numba
 WORKDIR /app
 
 FROM runtime AS pipeline
