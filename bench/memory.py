@@ -71,6 +71,7 @@ def derived_project(
     """A project of its own beside `project`, sharing its raw data, whose every split is
     `cut(frame, rows)`, with `rows` that split's share of about `photos` labelled photos."""
     dest = project.parent / name
+    shutil.rmtree(dest, ignore_errors=True)  # a run stopped halfway left one (--work-dir)
     processed = dest / config.PROCESSED_DIR
     processed.mkdir(parents=True, exist_ok=True)
     shutil.copy2(project / config.PARAMS_FILE, dest / config.PARAMS_FILE)
