@@ -46,9 +46,9 @@ def write(path: Path, text: str) -> Path:
 @pytest.mark.parametrize(
     ("raw", "clean"),
     [
-        ("<p>Ce robot d&#39;un design</p><br />", "ce robot d'un design"),
-        ("Livré &amp;amp; Éclairé", "livré & éclairé"),  # escaped twice; accents kept
-        ("\ufb01gurine  \uff33\uff34\uff21\uff32\tWars", "figurine star wars"),  # ligature, wide
+        ("<p>Ce robot d&#39;un design</p><br />", "Ce robot d'un design"),
+        ("Livré &amp;amp; Éclairé", "Livré & Éclairé"),  # escaped twice; accents and case kept
+        ("\ufb01gurine  \uff33\uff34\uff21\uff32\tWars", "figurine STAR Wars"),  # ligature, wide
         (None, ""),
         (float("nan"), ""),
     ],
@@ -58,9 +58,9 @@ def test_clean_text(raw: object, clean: str) -> None:
 
 
 def test_product_text_joins_title_and_description_and_allows_empty_description() -> None:
-    assert product_text("Peluche Donald", "<b>Disney</b>") == "peluche donald disney"
-    assert product_text("Peluche Donald", "") == "peluche donald"
-    assert product_text("Peluche Donald", None) == "peluche donald"
+    assert product_text("Peluche Donald", "<b>Disney</b>") == "Peluche Donald Disney"
+    assert product_text("Peluche Donald", "") == "Peluche Donald"
+    assert product_text("Peluche Donald", None) == "Peluche Donald"
 
 
 # --- schema validation -----------------------------------------------------------------------

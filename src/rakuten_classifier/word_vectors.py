@@ -102,7 +102,7 @@ def vocab_dir(package: str) -> Path:
 
 @dataclass
 class VectorTable:
-    """Lowercase word -> row of `vectors` (our text is lowercased before it gets here); only
+    """Lowercase word -> row of `vectors` (`MeanWordVector` lowercases the text first); only
     the rows some such word points to, as float16: half what a pickled model then weighs."""
 
     rows: dict[str, int]
@@ -168,7 +168,7 @@ class MeanWordVector(TransformerMixin, BaseEstimator):
         pattern = re.compile(self.token_pattern)
         out = np.zeros((len(texts), self.vectors_.shape[1]), dtype=np.float32)
         for index, text in enumerate(texts):
-            rows = [self.rows_[w] for w in pattern.findall(text) if w in self.rows_]
+            rows = [self.rows_[w] for w in pattern.findall(text.lower()) if w in self.rows_]
             if rows:
                 mean = self.vectors_[rows].astype(np.float64).mean(axis=0)
                 # Summed here rather than by np.linalg.norm: BLAS picks its kernel by CPU, and
