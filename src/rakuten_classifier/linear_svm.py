@@ -39,9 +39,8 @@ class FloatLinearSVC(ClassifierMixin, BaseEstimator):
         # command) never pays Numba's second of import.
         from rakuten_classifier.svm_solver import solve
 
-        X = check_array(X, accept_sparse="csr", dtype=[np.float32, np.float64], order="C")
-        X = sparse.csr_matrix(X)
-        X.sort_indices()
+        # The solver reads each row's values in any order: no sorted copy of the indices.
+        X = sparse.csr_matrix(check_array(X, accept_sparse="csr", dtype=[np.float32, np.float64]))
         self.classes_, labels = np.unique(np.asarray(y), return_inverse=True)
         if len(self.classes_) < 2:
             raise ValueError(f"FloatLinearSVC needs at least 2 classes, got {self.classes_}")

@@ -106,9 +106,11 @@ def held_out_probabilities(
     """Text and image probabilities of `frame`'s products (image rows NaN without a photo),
     the photos through the whole image model, as the bundle serves them."""
     text_out = TEXT.predict(text_model, frame, None)
-    image_out = np.full_like(text_out, np.nan)
-    if image_model is not None:
-        image_out = IMAGE.predict(image_model, frame, None)
+    image_out = (
+        IMAGE.predict(image_model, frame, None)
+        if image_model is not None
+        else np.full_like(text_out, np.nan)
+    )
     return text_out, image_out, frame["has_image"].to_numpy()
 
 
@@ -133,9 +135,9 @@ def out_of_fold(
     out = {"text": np.zeros((len(train), n_classes)), "image": np.zeros((len(train), n_classes))}
     with vector_cache():  # each fold encodes most of the same texts again
         for recipe in (TEXT, IMAGE):
+            spec = specs[recipe.modality]
             for number, (fit_rows, held_rows) in enumerate(splits, 1):
                 logger.info("out-of-fold %s model: fold %d/%d", recipe.modality, number, folds)
-                spec = specs[recipe.modality]
                 model = recipe.fit(params, train.iloc[fit_rows], n_classes, spec, features_dir)
                 out[recipe.modality][held_rows] = recipe.predict(
                     model, train.iloc[held_rows], cached

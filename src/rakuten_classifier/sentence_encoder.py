@@ -152,7 +152,8 @@ class SentenceEmbedding(TransformerMixin, BaseEstimator):
     def transform(self, texts: list[str]) -> sparse.csr_matrix:
         if not len(texts):
             return sparse.csr_matrix((0, check_encoder(self.encoder).width), dtype=np.float32)
-        texts = [text if self.cased else text.lower() for text in texts]
+        if not self.cased:
+            texts = [text.lower() for text in texts]
         vectors = encode(self.encoder, [text[: self.max_chars] for text in texts])
         vectors = vectors.astype(np.float64)
         norms = np.sqrt(np.square(vectors).sum(axis=1, keepdims=True))
