@@ -277,9 +277,10 @@ def main(
     costs["image"] = 1000 * photos.seconds / max(int(photos.has_photo.sum()), 1)
     for name, changed in (("text", params), ("text*", variant)):
         # A sentence encoder's vectors are cached by text: its cost per text comes on top.
-        encoder = (changed or {}).get("tokenize", {}).get("sentence_encoder")
-        if encoder and name in costs:
-            costs[name] += milliseconds_per_text(encoder) or 0.0
+        encoders = (changed or {}).get("tokenize", {}).get("sentence_encoder") or []
+        for encoder in [encoders] if isinstance(encoders, str) else encoders:
+            if name in costs:
+                costs[name] += milliseconds_per_text(encoder) or 0.0
     for text, fusion in (("text", "fusion"), ("text*", "fusion*")):
         if text in costs:
             costs[fusion] = costs[text] + costs["image"] * photos.has_photo.mean()

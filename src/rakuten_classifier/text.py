@@ -129,6 +129,27 @@ class StableTfidfVectorizer(TfidfVectorizer):
         return self._tfidf.transform(counts, copy=False)
 
 
+def sentence_blocks(params: dict[str, Any]) -> list[tuple[str, SentenceEmbedding]]:
+    """One block per sentence encoder named in `sentence_encoder` (a name or a list of names;
+    each its own `sentence_encoder_weight`, one number or one per encoder): encoders trained
+    on different data err on different products."""
+    names = params.get("sentence_encoder") or []
+    names = [names] if isinstance(names, str) else list(names)
+    weights = params.get("sentence_encoder_weight", 1.0)
+    weights = list(weights) if isinstance(weights, list) else [weights] * len(names)
+    if len(weights) != len(names):
+        raise ValueError(
+            f"tokenize.sentence_encoder_weight: {len(weights)} weights for {len(names)} encoders"
+        )
+    max_chars = params.get("sentence_encoder_max_chars", 500)
+    # One encoder keeps the block name of the bundles trained before lists were allowed.
+    return [
+        ("sentence" if len(names) == 1 else f"sentence_{name}",
+         SentenceEmbedding(name, weight, max_chars))
+        for name, weight in zip(names, weights, strict=True)
+    ]  # fmt: skip
+
+
 def build_tfidf(params: dict[str, Any]) -> FeatureUnion:
     """Word and character n-gram TF-IDF side by side: characters cope with typos and plurals;
     with `word_vectors`, each text's mean French word vector too (words unseen in training)."""
@@ -158,13 +179,7 @@ def build_tfidf(params: dict[str, Any]) -> FeatureUnion:
         dtype=np.float32,
     )
     blocks = [("word", word), ("char", char)]
-    if params.get("sentence_encoder"):
-        encoder = SentenceEmbedding(
-            params["sentence_encoder"],
-            params.get("sentence_encoder_weight", 1.0),
-            params.get("sentence_encoder_max_chars", 500),
-        )
-        blocks.append(("sentence", encoder))
+    blocks += sentence_blocks(params)
     if params.get("word_vectors"):
         vectors = MeanWordVector(
             params["word_vectors"], WORD_PATTERN, params.get("word_vector_weight", 1.0)
