@@ -29,6 +29,7 @@ LAYERS: list[set[str]] = [
         "training",
         "litert",
         "char_ngrams",
+        "word_ngrams",
         "svm_solver",
         "profiling",
         "cluster",

@@ -1,5 +1,6 @@
-"""The NumPy count of character n-grams against scikit-learn's own loop: the same matrix,
-value for value, on the sample's texts and on the cases that trip a hand-written tokenizer."""
+"""The NumPy count of character n-grams and the lean loop over word n-grams against
+scikit-learn's own loop: the same matrix, value for value, on the sample's texts and on the
+cases that trip a hand-written tokenizer."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from rakuten_classifier import char_ngrams, config
 from rakuten_classifier.char_ngrams import CharNgramIndex, CollisionError
 from rakuten_classifier.data import read_products
 from rakuten_classifier.preprocess import product_text
-from rakuten_classifier.text import StableTfidfVectorizer
+from rakuten_classifier.text import WORD_PATTERN, StableTfidfVectorizer
+from rakuten_classifier.word_ngrams import WordNgramCounter
 
 AWKWARD = [
     "",
@@ -69,9 +71,32 @@ def test_the_index_is_rebuilt_after_pickling_and_skipped_where_it_does_not_apply
     again = pickle.loads(pickle.dumps(vectorizer))
     assert "_ngram_index" not in vars(again)
     assert (again.transform(texts[:20]) != before).nnz == 0
-    words = StableTfidfVectorizer(analyzer="word").fit(texts)
+    words = StableTfidfVectorizer(analyzer="word", tokenizer=str.split, token_pattern=None).fit(
+        texts
+    )
     words.transform(texts[:3])
-    assert words._ngram_index is None  # scikit-learn's own path for words
+    assert words._ngram_index is None  # scikit-learn's own path for a tokenizer of its own
+
+
+@pytest.mark.parametrize(
+    ("ngram_range", "stop_words", "pattern"),
+    [((1, 2), ["de", "la", "le", "et"], WORD_PATTERN), ((1, 1), None, WORD_PATTERN),
+     ((2, 3), ["de"], WORD_PATTERN), ((1, 2), None, r"(?u)\b(\w+)\b")],
+)  # fmt: skip
+def test_word_counts_are_scikit_learns(texts, ngram_range, stop_words, pattern) -> None:
+    vectorizer = StableTfidfVectorizer(
+        analyzer="word", ngram_range=ngram_range, stop_words=stop_words, token_pattern=pattern,
+        min_df=2, sublinear_tf=True, dtype=np.float32,
+    ).fit(texts[::2])  # fmt: skip
+    documents = texts + AWKWARD + [text.upper() for text in AWKWARD] + ["de la de la chaise"]
+    fast = vectorizer.transform(documents)
+    assert isinstance(vectorizer._ngram_index, WordNgramCounter)  # the lean loop ran
+    expected = TfidfVectorizer.transform(vectorizer, documents)
+    assert fast.shape == expected.shape and fast.dtype == expected.dtype
+    np.testing.assert_array_equal(fast.indptr, expected.indptr)
+    np.testing.assert_array_equal(fast.indices, expected.indices)
+    np.testing.assert_array_equal(fast.data, expected.data)
+    assert vectorizer._ngram_index.counts([]).shape == (0, len(vectorizer.vocabulary_))
 
 
 def test_a_hash_collision_falls_back_to_scikit_learn(texts, monkeypatch) -> None:

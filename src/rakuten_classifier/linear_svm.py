@@ -59,11 +59,21 @@ class FloatLinearSVC(ClassifierMixin, BaseEstimator):
         self.n_features_in_ = X.shape[1]
         return self
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.pop("_coef_columns", None)  # derived: the pickle keeps its bytes
+        return state
+
     def decision_function(self, X: Any) -> np.ndarray:
         """Products x classes scores (one column, raveled, for two classes), as LinearSVC's."""
         check_is_fitted(self, "coef_")
         X = check_array(X, accept_sparse="csr", dtype=[np.float64, np.float32])
-        scores = safe_sparse_dot(X, self.coef_.T, dense_output=True) + self.intercept_
+        if "_coef_columns" not in vars(self):
+            # SciPy's sparse product wants the dense factor C-contiguous and copies `coef_.T`
+            # (a strided view) on every call otherwise: most of a small batch's time. The
+            # same values in the same order, so the same scores to the bit.
+            self._coef_columns = np.ascontiguousarray(self.coef_.T)
+        scores = safe_sparse_dot(X, self._coef_columns, dense_output=True) + self.intercept_
         return scores.ravel() if scores.shape[1] == 1 else scores
 
     def predict(self, X: Any) -> np.ndarray:

@@ -37,6 +37,7 @@ from rakuten_classifier.training import (
     save_keras_model,
     set_seeds,
 )
+from rakuten_classifier.word_ngrams import WordNgramCounter
 from rakuten_classifier.word_vectors import MeanWordVector, VectorTable, load_vector_table
 
 # --- fitted on the train split by the `tokenize` stage -------------------------------------
@@ -93,8 +94,8 @@ class StemmedWords:
 class StableTfidfVectorizer(TfidfVectorizer):
     """TfidfVectorizer that pickles to the same bytes for the same fit: scikit-learn keeps the
     memory address of its stop-word list (`_stop_words_id`, a cache key) in the object.
-    A fitted character vectoriser counts its n-grams with NumPy (`char_ngrams`): the same
-    matrix, about ten times sooner."""
+    A fitted character vectoriser counts its n-grams with NumPy (`char_ngrams`), a word one in
+    a leaner loop (`word_ngrams`): the same matrix, about ten and two times sooner."""
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -102,20 +103,25 @@ class StableTfidfVectorizer(TfidfVectorizer):
         state.pop("_ngram_index", None)  # rebuilt from the vocabulary on first use
         return state
 
-    def _fast_index(self) -> CharNgramIndex | None:
+    def _fast_index(self) -> CharNgramIndex | WordNgramCounter | None:
         if "_ngram_index" not in vars(self):
             plain = (
-                self.analyzer == "char_wb"
-                and self.lowercase
+                self.lowercase
                 and self.preprocessor is None
                 and self.strip_accents is None
                 and self.input == "content"
-                and self.ngram_range[0] <= 3
             )
+            index: CharNgramIndex | WordNgramCounter | None = None
             try:
-                index = CharNgramIndex(self.vocabulary_, self.ngram_range) if plain else None
-            except CollisionError:
-                index = None
+                if plain and self.analyzer == "char_wb" and self.ngram_range[0] <= 3:
+                    index = CharNgramIndex(self.vocabulary_, self.ngram_range)
+                elif plain and self.analyzer == "word" and self.tokenizer is None:
+                    index = WordNgramCounter(
+                        self.vocabulary_, self.ngram_range, self.token_pattern,
+                        self.get_stop_words(),
+                    )  # fmt: skip
+            except (CollisionError, ValueError):
+                index = None  # scikit-learn's own loop
             self._ngram_index = index
         return self._ngram_index
 
