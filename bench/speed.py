@@ -6,7 +6,9 @@ prints it after the pipeline; `make bench-speed` measures an existing bundle).
   issue's naive reference (full-size decode, then a Keras EfficientNetB0 forward in batches of
   32) and against the bundle's own Keras runtime;
 - text path: the text model alone on the sample's texts, products per second (start-up
-  excluded), and the whole text-only command on 1,000 products, start-up included;
+  excluded; its sentence encoders' vectors read from the sentence_vectors stage, each encoder
+  timed on its own), against the same model counting n-grams with scikit-learn's loops, and
+  the whole text-only command on 1,000 products (50 with an encoder), start-up included;
 - the physical view: the photo model's FLOPs per photo, the machine's float32 peak measured by a
   matrix product on every core, and the share of it the photo path reaches.
 """
@@ -14,6 +16,7 @@ prints it after the pipeline; `make bench-speed` measures an existing bundle).
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import statistics
 import subprocess
@@ -31,11 +34,15 @@ from rakuten_classifier import config
 from rakuten_classifier.bundle import Bundle, load_bundle, predict_frame
 from rakuten_classifier.data import image_paths, read_products
 from rakuten_classifier.preprocess import product_text, read_photo
+from rakuten_classifier.sentence_encoder import encode, vector_cache
+from rakuten_classifier.text import StableTfidfVectorizer
 from rakuten_classifier.training import InferenceFunction
 
 REPEATS = 3  # the median of this many timed passes, after one warm-up
 REFERENCE_BATCH = 32
 COMMAND_ROWS = 1000
+ENCODER_COMMAND_ROWS = 50  # products of the text-only command for a bundle with an encoder
+ENCODER_TEXTS = 64  # texts each sentence encoder is timed on
 
 
 def median_seconds(work: Any, repeats: int = REPEATS) -> float:
@@ -119,20 +126,44 @@ def peak_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / median_seconds(lambda: a @ a, repeats) / 1e9
 
 
-def text_path(bundle: Bundle, products: pd.DataFrame) -> float:
+def without_fast_counts(text_model: Any) -> Any:
+    """A copy of the text model that counts its n-grams with scikit-learn's own loops."""
+    reference = copy.deepcopy(text_model)
+    for _, block in reference.pipeline.named_steps["tfidf"].transformer_list:
+        if isinstance(block, StableTfidfVectorizer):
+            block._ngram_index = None
+    return reference
+
+
+def text_path(bundle: Bundle, products: pd.DataFrame) -> dict[str, float]:
+    """Products per second of the text model, and of its copy with scikit-learn's n-gram loops.
+    The sentence encoders are timed on their own (ms a text, ENCODER_TEXTS texts): here their
+    vectors come from the sentence_vectors stage, as the cost of everything else is measured."""
     texts = [
         product_text(title, description)
         for title, description in zip(products["designation"], products["description"], strict=True)
     ]
-    return len(texts) / median_seconds(lambda: bundle.text.predict_proba(texts))
+    figures = {}
+    with vector_cache(config.SENTENCE_DIR):  # texts it lacks: encoded once, in the warm-up
+        for name, model in (("", bundle.text), ("_reference", without_fast_counts(bundle.text))):
+            seconds = median_seconds(lambda model=model: model.predict_proba(texts))
+            figures[f"text{name}_products_per_s"] = len(texts) / seconds
+    max_chars = bundle.manifest["params"]["tokenize"].get("sentence_encoder_max_chars", 500)
+    some = [text[:max_chars] for text in texts[:ENCODER_TEXTS]]
+    for encoder in bundle.sentence_encoders:
+        seconds = median_seconds(lambda encoder=encoder: encode(encoder, some), repeats=1)
+        figures[f"encoder_{encoder}_ms"] = 1000 * seconds / len(some)
+    return figures
 
 
-def text_command_seconds(bundle_dir: Path, products: pd.DataFrame, scratch: Path) -> float:
-    """`rakuten-classifier predict` on 1,000 products without a photo, start-up included
+def text_command_seconds(
+    bundle_dir: Path, products: pd.DataFrame, scratch: Path, rows: int
+) -> float:
+    """`rakuten-classifier predict` on `rows` products without a photo, start-up included
     (the median of three runs)."""
-    rows = pd.concat([products] * (COMMAND_ROWS // len(products) + 1)).head(COMMAND_ROWS)
-    rows = rows.drop(columns=["image_path", "has_photo"]).reset_index(drop=True)
-    rows.to_csv(scratch / "text_only.csv")
+    chosen = pd.concat([products] * (rows // len(products) + 1)).head(rows)
+    chosen = chosen.drop(columns=["image_path", "has_photo"]).reset_index(drop=True)
+    chosen.to_csv(scratch / "text_only.csv")
     (scratch / "no_photos").mkdir(exist_ok=True)
     command = [
         str(Path(sys.executable).with_name("rakuten-classifier")),
@@ -156,9 +187,12 @@ def measure(bundle_dir: Path, sample: Path) -> dict[str, float]:
     products = sample_frame(sample)
     photos = products[products["has_photo"]]
     figures: dict[str, float] = {}
+    # With a sentence encoder the command pays e5's quarter of a second a product: fewer rows.
+    rows = ENCODER_COMMAND_ROWS if bundle.sentence_encoders else COMMAND_ROWS
     with tempfile.TemporaryDirectory(prefix="rakuten-speed-") as scratch:
-        figures["text_command_s"] = text_command_seconds(bundle_dir, products, Path(scratch))
-    figures["text_products_per_s"] = text_path(bundle, products)
+        figures["text_command_s"] = text_command_seconds(bundle_dir, products, Path(scratch), rows)
+    figures["text_command_rows"] = rows
+    figures |= text_path(bundle, products)
     if bundle.image is not None:
         keras_bundle = load_bundle(bundle_dir, image_runtime="keras")
         for name, value in photo_path(bundle, keras_bundle, photos).items():
@@ -188,8 +222,22 @@ def report_rows(figures: dict[str, float], previous: dict[str, float]) -> list[l
         return [label, f"{value:.{digits}f}", shown, ratio, was]
 
     rows = [
-        row("text model alone, products/s", "text_products_per_s", 0),
-        row(f"text-only command, {COMMAND_ROWS} products, s", "text_command_s", 2),
+        row(
+            "text model alone (sentence vectors read), products/s vs scikit-learn's n-gram loops",
+            "text_products_per_s",
+            0,
+            figures["text_reference_products_per_s"],
+        ),
+        *(
+            row(f"sentence encoder {key.split('_')[1]}, ms a text", key, 1)
+            for key in figures
+            if key.startswith("encoder_")
+        ),
+        row(
+            f"text-only command, {figures['text_command_rows']:.0f} products, s",
+            "text_command_s",
+            2,
+        ),
     ]
     if "photo_products_per_s_bundle" in figures:
         for name, label in (("naive", "the naive reference"), ("bundle_keras", "Keras runtime")):

@@ -6,11 +6,13 @@ import _environment  # noqa: F401  (first: checks the environment, pins the nume
 import typer
 
 from rakuten_classifier import config, evaluate
+from rakuten_classifier.sentence_encoder import vector_cache
 
 
 def main(params_file: Path = config.PARAMS_FILE) -> None:
     config.setup_logging()
-    evaluate.run(config.load_params(path=params_file))
+    with vector_cache(config.SENTENCE_DIR):  # the products' sentence vectors, computed once
+        evaluate.run(config.load_params(path=params_file))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import _environment  # noqa: F401  (first: checks the environment, pins the nume
 import typer
 
 from rakuten_classifier import config, recipes
+from rakuten_classifier.sentence_encoder import vector_cache
 from rakuten_classifier.training import log_scores, open_live
 
 
@@ -21,7 +22,7 @@ def main(
 ) -> None:
     config.setup_logging()
     params = config.load_params(path=params_file)
-    with open_live(config.DVCLIVE_DIR / "train_fusion") as live:
+    with open_live(config.DVCLIVE_DIR / "train_fusion") as live, vector_cache(config.SENTENCE_DIR):
         scores = recipes.train_fusion(
             params, processed_dir, text_dir, image_dir, features_dir, out_dir, held_out_dir
         )

@@ -6,6 +6,7 @@ import _environment  # noqa: F401  (first: checks the environment, pins the nume
 import typer
 
 from rakuten_classifier import config, text
+from rakuten_classifier.sentence_encoder import vector_cache
 from rakuten_classifier.training import log_scores, open_live
 
 
@@ -17,7 +18,7 @@ def main(
 ) -> None:
     config.setup_logging()
     params = config.load_params(path=params_file)
-    with open_live(config.DVCLIVE_DIR / "train_text") as live:
+    with open_live(config.DVCLIVE_DIR / "train_text") as live, vector_cache(config.SENTENCE_DIR):
         scores = text.train(
             params["train_text"], params["seed"], processed_dir, tokenizer_dir, out_dir, live
         )

@@ -30,6 +30,9 @@ FAST_PARAMS = {
     "data.sample_dir": "data/slice",
     "train_text.cnn.epochs": 2,
     "predict.timing_singles": 5,
+    # e5 costs a quarter of a second a text: the tests of mechanics run without the encoders
+    # (tests/test_sentence_encoder.py covers them and their stage).
+    "tokenize.sentence_encoder": None,
 }
 
 

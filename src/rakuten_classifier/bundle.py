@@ -33,6 +33,7 @@ from rakuten_classifier.fusion import FUSION_JSON, Fusion
 from rakuten_classifier.image import IMAGE_MODEL_JSON, ImageModel, load_image_model
 from rakuten_classifier.labels import LabelMap
 from rakuten_classifier.preprocess import ImageError, product_text, read_photo
+from rakuten_classifier.sentence_encoder import encoder_names
 from rakuten_classifier.text import TEXT_MODEL_JSON, TextModel, load_text_model
 
 # 2: no build time in the manifest (the same run gives the same bundle, byte for byte).
@@ -104,6 +105,11 @@ class Bundle:
     @property
     def version(self) -> str:
         return self.manifest["model_version"]
+
+    @property
+    def sentence_encoders(self) -> list[str]:
+        """The sentence encoders its text model reads (each product pays for them)."""
+        return encoder_names(self.manifest.get("params", {}).get("tokenize", {}))
 
     def decode_images(
         self, images: Sequence[bytes | None]

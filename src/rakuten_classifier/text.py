@@ -28,7 +28,7 @@ from rakuten_classifier.files import atomic_path, read_json, read_pickle, write_
 from rakuten_classifier.linear_svm import FloatLinearSVC
 from rakuten_classifier.metrics import classification_scores
 from rakuten_classifier.preprocess import clean_text
-from rakuten_classifier.sentence_encoder import SentenceEmbedding
+from rakuten_classifier.sentence_encoder import SentenceEmbedding, encoder_names
 from rakuten_classifier.training import (
     InferenceFunction,
     balanced_class_weights,
@@ -139,8 +139,9 @@ def sentence_blocks(params: dict[str, Any]) -> list[tuple[str, SentenceEmbedding
     """One block per sentence encoder named in `sentence_encoder` (a name or a list of names;
     each its own `sentence_encoder_weight`, one number or one per encoder): encoders trained
     on different data err on different products."""
-    names = params.get("sentence_encoder") or []
-    names = [names] if isinstance(names, str) else list(names)
+    names = encoder_names(params)
+    if not names:  # null turns the blocks off, whatever the weights say
+        return []
     weights = params.get("sentence_encoder_weight", 1.0)
     weights = list(weights) if isinstance(weights, list) else [weights] * len(names)
     if len(weights) != len(names):

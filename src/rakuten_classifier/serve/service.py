@@ -85,6 +85,14 @@ class Service:
         await self.models.load()
         champion = self.models.champion
         logger.info("serving model %s from %s", champion.version, champion.source.describe())
+        if encoders := champion.bundle.sentence_encoders:
+            # e5 costs about a quarter of a second a product: say so where latency matters.
+            logger.warning(
+                "model %s reads the sentence encoders %s on every request (e5: about 250 ms a "
+                "product); `make api-bundle` builds the same recipe without them",
+                champion.version,
+                encoders,
+            )
         if self.settings.model_source == "registry" and self.settings.reload_seconds > 0:
             self._reloading = asyncio.create_task(self._reload_regularly(), name="reload")
 
