@@ -137,9 +137,12 @@ serve: setup
 	$(BIN)/rakuten-classifier serve
 
 # Load test of the API on loopback: a server of its own on a free port, concurrent clients,
-# latency percentiles and throughput. E.g. BENCH_API_ARGS="--clients 16 --duration 30".
+# latency percentiles and throughput, on the bundle the API serves (models/api-bundle, built
+# first if missing). E.g. BENCH_API_ARGS="--clients 16 --duration 30".
+API_BUNDLE ?= models/api-bundle
 bench-api: setup
-	$(PY) bench/api_load.py $(BENCH_API_ARGS)
+	test -d $(API_BUNDLE) || $(MAKE) api-bundle
+	$(PY) bench/api_load.py --bundle $(API_BUNDLE) $(BENCH_API_ARGS)
 
 .PHONY: bench-memory bench-dvc bench-cluster
 # Batch prediction in one process against a local Dask cluster (WORKERS single-threaded

@@ -33,7 +33,8 @@ def summarise(y: np.ndarray, answers: dict[str, np.ndarray], has_photo: np.ndarr
     ]  # fmt: skip
     if "text*" in answers:  # the --set params against the defaults, on the same folds
         comparisons += [("text*", "all", "text"), ("fusion*", "all", "fusion"),
-                        ("fusion*", "with photo", "fusion")]  # fmt: skip
+                        ("fusion*", "with photo", "fusion"),
+                        ("fusion*", "with photo", "text*")]  # fmt: skip
     for model, subset, against in comparisons:
         keep = subsets[subset]
         truth, mine = y[keep], answers[model][keep]

@@ -33,6 +33,8 @@ FAST_PARAMS = {
     # e5 costs a quarter of a second a text: the tests of mechanics run without the encoders
     # (tests/test_sentence_encoder.py covers them and their stage).
     "tokenize.sentence_encoder": None,
+    # The experiments and CI tests switch the fusion to stacking, the default, from this.
+    "train_fusion.method": "weighted",
 }
 
 

