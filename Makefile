@@ -118,7 +118,7 @@ dashboards: setup
 
 .PHONY: serve bench-api api-bundle
 # The bundle for the interactive API: the default recipe without its sentence encoders (e5
-# costs about a quarter of a second a request; the batch command and the sealed set use
+# costs about 0.2 s a request; the batch command and the sealed set use
 # models/bundle). The last commit cloned into .api-bundle/, its own `dvc repro` (2-3 min),
 # the bundle copied to models/api-bundle: serve it with RAKUTEN_API_BUNDLE=models/api-bundle.
 api-bundle: setup

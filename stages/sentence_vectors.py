@@ -1,5 +1,5 @@
 """Stage sentence_vectors: every product's vectors from the sentence encoders that
-tokenize.sentence_encoder names, computed once (e5 costs about a quarter of a second a text),
+tokenize.sentence_encoder names, computed once (e5 costs about 0.2 s a text),
 so that training, the out-of-fold refits, evaluation and sweeps over the other params read
 them instead of encoding again."""
 

@@ -30,7 +30,7 @@ FAST_PARAMS = {
     "data.sample_dir": "data/slice",
     "train_text.cnn.epochs": 2,
     "predict.timing_singles": 5,
-    # e5 costs a quarter of a second a text: the tests of mechanics run without the encoders
+    # e5 costs 0.2 s a text: the tests of mechanics run without the encoders
     # (tests/test_sentence_encoder.py covers them and their stage).
     "tokenize.sentence_encoder": None,
     # The experiments and CI tests switch the fusion to stacking, the default, from this.

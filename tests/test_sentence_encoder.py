@@ -18,6 +18,7 @@ from rakuten_classifier.sentence_encoder import (
     _encoder,
     encode,
     store_vectors,
+    uncached,
     vector_cache,
 )
 from rakuten_classifier.text import build_tfidf
@@ -134,6 +135,11 @@ def test_the_stage_stores_each_text_once_and_the_stages_read_it_without_encoding
         assert encoded() == before
         block.transform(["un produit jamais vu"])
         assert encoded() == before + 1
+        with uncached():  # latency measurements: every text encoded, as a new product
+            block.transform(TEXTS[:2])
+        assert encoded() == before + 3
+        block.transform(TEXTS[:2])  # and the stored vectors still read after
+        assert encoded() == before + 3
     np.testing.assert_allclose(read, fresh, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(again, read)
     assert (

@@ -181,6 +181,17 @@ def vector_cache(stored: Path | None = None) -> Iterator[None]:
         _STORED.clear()
 
 
+@contextlib.contextmanager
+def uncached() -> Iterator[None]:
+    """Within: every text is encoded, as a new product would be (latency measurements inside a
+    stage that reads the stored vectors); after: the cache as it was."""
+    caching, _CACHING[0] = _CACHING[0], False
+    try:
+        yield
+    finally:
+        _CACHING[0] = caching
+
+
 # The encoders keep state between calls (lazily loaded weights, thread limits): the API's and
 # BentoML's request threads take turns.
 _ENCODE_LOCK = threading.Lock()

@@ -86,9 +86,9 @@ class Service:
         champion = self.models.champion
         logger.info("serving model %s from %s", champion.version, champion.source.describe())
         if encoders := champion.bundle.sentence_encoders:
-            # e5 costs about a quarter of a second a product: say so where latency matters.
+            # e5 costs about 0.2 s a product: say so where latency matters.
             logger.warning(
-                "model %s reads the sentence encoders %s on every request (e5: about 250 ms a "
+                "model %s reads the sentence encoders %s on every request (e5: about 200 ms a "
                 "product); `make api-bundle` builds the same recipe without them",
                 champion.version,
                 encoders,
