@@ -38,7 +38,11 @@ from rakuten_classifier.calibration import fit_temperature, softmax
 from rakuten_classifier.data import product_frame, read_labels, read_products
 from rakuten_classifier.fusion import fit_fusion
 from rakuten_classifier.image import backbone_features, build_backbone, fit_image_model
-from rakuten_classifier.sentence_encoder import milliseconds_per_text, vector_cache
+from rakuten_classifier.sentence_encoder import (
+    encoder_names,
+    milliseconds_per_text,
+    vector_cache,
+)
 from rakuten_classifier.text import fit_text_model, fit_tokenizers
 from rakuten_classifier.training import InferenceFunction
 
@@ -277,8 +281,7 @@ def main(
     costs["image"] = 1000 * photos.seconds / max(int(photos.has_photo.sum()), 1)
     for name, changed in (("text", params), ("text*", variant)):
         # A sentence encoder's vectors are cached by text: its cost per text comes on top.
-        encoders = (changed or {}).get("tokenize", {}).get("sentence_encoder") or []
-        for encoder in [encoders] if isinstance(encoders, str) else encoders:
+        for encoder in encoder_names((changed or {}).get("tokenize", {})):
             if name in costs:
                 costs[name] += milliseconds_per_text(encoder) or 0.0
     for text, fusion in (("text", "fusion"), ("text*", "fusion*")):

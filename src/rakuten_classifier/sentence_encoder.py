@@ -108,10 +108,6 @@ def encoder_names(params: dict[str, Any]) -> list[str]:
     return [names] if isinstance(names, str) else list(names)
 
 
-def _encode_batch(name: str, texts: list[str]) -> np.ndarray:
-    return _encode_timed(name, texts)  # in a worker process of `store_vectors`
-
-
 def store_vectors(
     params: dict[str, Any],
     texts: list[str],
@@ -137,7 +133,7 @@ def store_vectors(
         for name in encoder_names(params):
             bar = tqdm(total=len(unique), desc=f"{name} vectors", unit="text", disable=not progress)
             vectors = []
-            for batch in pool.map(_encode_batch, [name] * len(batches), batches):
+            for batch in pool.map(_encode_timed, [name] * len(batches), batches):
                 vectors.append(batch)
                 bar.update(len(batch))
             bar.close()
@@ -165,20 +161,17 @@ def vector_cache(stored: Path | None = None) -> Iterator[None]:
     """Within: each text is encoded once (the folds of a cross-validation), and the vectors in
     `stored` (a sentence_vectors stage's folder, if it exists) are not encoded at all; after:
     forgotten. Inside another, the outer one forgets them."""
-    if _CACHING[0]:
-        if stored is not None and Path(stored).is_dir():
-            _load_stored(stored)
-        yield
-        return
+    outermost = not _CACHING[0]
     _CACHING[0] = True
     try:
         if stored is not None and Path(stored).is_dir():
             _load_stored(stored)
         yield
     finally:
-        _CACHING[0] = False
-        _VECTORS.clear()
-        _STORED.clear()
+        if outermost:
+            _CACHING[0] = False
+            _VECTORS.clear()
+            _STORED.clear()
 
 
 @contextlib.contextmanager
