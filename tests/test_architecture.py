@@ -19,7 +19,7 @@ STAGES = REPO / "stages"
 
 # Lowest first. A module may import only modules of lower layers (docs/architecture.md).
 LAYERS: list[set[str]] = [
-    {"config", "files", "reproducible", "store"},
+    {"config", "files", "reproducible", "store", "hashed_tokens"},
     {
         "calibration",
         "labels",

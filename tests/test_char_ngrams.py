@@ -1,19 +1,22 @@
-"""The NumPy count of character n-grams and the lean loop over word n-grams against
-scikit-learn's own loop: the same matrix, value for value, on the sample's texts and on the
-cases that trip a hand-written tokenizer."""
+"""The NumPy counts of character and word n-grams against scikit-learn's own loops, and the
+NumPy tokeniser against the regular expression: the same matrix, value for value, on the
+sample's texts and on the cases that trip a hand-written tokenizer."""
 
 from __future__ import annotations
 
+import itertools
 import pickle
+import re
 
 import numpy as np
 import pytest
 from conftest import SAMPLE
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from rakuten_classifier import char_ngrams, config
-from rakuten_classifier.char_ngrams import CharNgramIndex, CollisionError
+from rakuten_classifier import char_ngrams, config, hashed_tokens
+from rakuten_classifier.char_ngrams import CharNgramIndex
 from rakuten_classifier.data import read_products
+from rakuten_classifier.hashed_tokens import CollisionError, join_hashes, term_hashes, word_tokens
 from rakuten_classifier.preprocess import product_text
 from rakuten_classifier.text import WORD_PATTERN, StableTfidfVectorizer
 from rakuten_classifier.word_ngrams import WordNgramCounter
@@ -29,6 +32,7 @@ AWKWARD = [
     "x" * 60,
     "mot-composé l'été 3,5cm",
     "zzqqj unseen wvxk",  # n-grams the vocabulary does not know
+    "snake_case __init__ x_ 12 ½½ ²³ \U0001d518\U0001d52b\U0001d526 ǅemal",  # odd word characters
 ]
 
 
@@ -52,7 +56,7 @@ def fitted(texts: list[str], ngram_range: tuple[int, int]) -> StableTfidfVectori
 def test_the_counts_and_weights_are_scikit_learns(texts, ngram_range, monkeypatch) -> None:
     vectorizer = fitted(texts, ngram_range)
     documents = texts + AWKWARD + [text.upper() for text in AWKWARD]
-    monkeypatch.setattr(char_ngrams, "CHUNK_TEXTS", 100)  # several chunks, assembled
+    monkeypatch.setattr(hashed_tokens, "CHUNK_TEXTS", 100)  # several chunks, assembled
     fast = vectorizer.transform(documents)
     assert vectorizer._ngram_index is not None  # the NumPy path ran
     expected = TfidfVectorizer.transform(vectorizer, documents)
@@ -83,14 +87,20 @@ def test_the_index_is_rebuilt_after_pickling_and_skipped_where_it_does_not_apply
     [((1, 2), ["de", "la", "le", "et"], WORD_PATTERN), ((1, 1), None, WORD_PATTERN),
      ((2, 3), ["de"], WORD_PATTERN), ((1, 2), None, r"(?u)\b(\w+)\b")],
 )  # fmt: skip
-def test_word_counts_are_scikit_learns(texts, ngram_range, stop_words, pattern) -> None:
+def test_word_counts_are_scikit_learns(
+    texts, ngram_range, stop_words, pattern, monkeypatch
+) -> None:
     vectorizer = StableTfidfVectorizer(
         analyzer="word", ngram_range=ngram_range, stop_words=stop_words, token_pattern=pattern,
         min_df=2, sublinear_tf=True, dtype=np.float32,
     ).fit(texts[::2])  # fmt: skip
     documents = texts + AWKWARD + [text.upper() for text in AWKWARD] + ["de la de la chaise"]
+    monkeypatch.setattr(hashed_tokens, "CHUNK_TEXTS", 100)
     fast = vectorizer.transform(documents)
-    assert isinstance(vectorizer._ngram_index, WordNgramCounter)  # the lean loop ran
+    if pattern != WORD_PATTERN:  # another pattern: scikit-learn's loop
+        assert vectorizer._ngram_index is None
+        return
+    assert isinstance(vectorizer._ngram_index, WordNgramCounter)  # the NumPy path ran
     expected = TfidfVectorizer.transform(vectorizer, documents)
     assert fast.shape == expected.shape and fast.dtype == expected.dtype
     np.testing.assert_array_equal(fast.indptr, expected.indptr)
@@ -102,9 +112,7 @@ def test_word_counts_are_scikit_learns(texts, ngram_range, stop_words, pattern) 
 def test_a_hash_collision_falls_back_to_scikit_learn(texts, monkeypatch) -> None:
     vectorizer = fitted(texts, (2, 4))
     with monkeypatch.context() as patch:
-        patch.setattr(
-            char_ngrams, "_hashes_of_terms", lambda terms: np.zeros(len(terms), np.uint64)
-        )
+        patch.setattr(char_ngrams, "term_hashes", lambda terms: np.zeros(len(terms), np.uint64))
         with pytest.raises(CollisionError):
             CharNgramIndex(vectorizer.vocabulary_, (2, 4))
         result = vectorizer.transform(texts[:10])
@@ -112,3 +120,29 @@ def test_a_hash_collision_falls_back_to_scikit_learn(texts, monkeypatch) -> None
     assert (result != TfidfVectorizer.transform(vectorizer, texts[:10])).nnz == 0
     with pytest.raises(ValueError, match="not supported"):
         CharNgramIndex({"abcd": 0}, (4, 5))
+
+
+def test_the_tokeniser_finds_what_the_regular_expression_finds(texts) -> None:
+    documents = texts + AWKWARD + [text.upper() for text in AWKWARD]
+    found = [re.findall(WORD_PATTERN, text.lower()) for text in documents]
+    flat = [token for tokens in found for token in tokens]
+    tokens = word_tokens(documents)
+    np.testing.assert_array_equal(tokens.hashes, term_hashes(flat))
+    np.testing.assert_array_equal(tokens.lengths, [len(token) for token in flat])
+    np.testing.assert_array_equal(
+        tokens.owners, np.repeat(np.arange(len(documents)), [len(t) for t in found])
+    )
+    pairs = [f"{a} {b}" for words in found for a, b in itertools.pairwise(words)]
+    same = tokens.owners[:-1] == tokens.owners[1:]
+    joined = join_hashes(tokens.hashes[:-1], tokens.hashes[1:], tokens.lengths[1:])
+    np.testing.assert_array_equal(joined[same], term_hashes(pairs))
+    assert len(word_tokens([]).hashes) == 0
+
+
+def test_word_and_space_characters_are_pythons_on_every_code_point() -> None:
+    points = np.array([c for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF])
+    characters = [chr(c) for c in points.tolist()]
+    in_regex = [re.match(r"\w", c) is not None for c in characters]
+    np.testing.assert_array_equal(hashed_tokens.is_word(points), in_regex)
+    splits = [len(f"a{c}b".split()) == 2 for c in characters]
+    np.testing.assert_array_equal(hashed_tokens.is_space(points), splits)

@@ -25,10 +25,10 @@ from rakuten_classifier.bundle import (
     load_bundle,
     predict_frame,
 )
-from rakuten_classifier.char_ngrams import release_freed_memory
 from rakuten_classifier.config import logger
 from rakuten_classifier.data import load_labels, load_split, write_predictions_csv
 from rakuten_classifier.files import atomic_dir, atomic_path, write_json
+from rakuten_classifier.hashed_tokens import release_freed_memory
 from rakuten_classifier.image import load_image_model
 from rakuten_classifier.litert import REFERENCE_RUNTIME
 from rakuten_classifier.metrics import (

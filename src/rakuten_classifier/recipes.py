@@ -20,11 +20,11 @@ from sklearn.model_selection import StratifiedKFold
 
 from rakuten_classifier import config, image, text
 from rakuten_classifier.calibration import log_probabilities
-from rakuten_classifier.char_ngrams import release_freed_memory
 from rakuten_classifier.config import logger
 from rakuten_classifier.data import load_labels, load_split
 from rakuten_classifier.files import atomic_dir, read_json
 from rakuten_classifier.fusion import fit_fusion, weighted_f1
+from rakuten_classifier.hashed_tokens import release_freed_memory
 from rakuten_classifier.litert import REFERENCE_RUNTIME
 from rakuten_classifier.sentence_encoder import vector_cache
 

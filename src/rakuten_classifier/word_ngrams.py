@@ -1,25 +1,34 @@
-"""Counting a fitted vocabulary's word n-grams (scikit-learn's `word` analyser with a token
-pattern) in one tight loop per text instead of scikit-learn's generic one.
+"""Counting a fitted vocabulary's word n-grams (scikit-learn's `word` analyser with its
+default token pattern) over a whole batch at once with NumPy.
 
-scikit-learn builds each text's n-grams through three nested helpers and counts them in a
-dict per text before it assembles the matrix. Here each text's tokens (lowercased, stop words
-out) and their n-grams go straight through the vocabulary's `dict.get`, and SciPy adds the
-repeats while it sorts each row: the same counts, in about half the time
-(tests/test_char_ngrams.py compares the matrices on the sample and on edge cases).
+scikit-learn builds each text's n-grams as strings through three nested helpers and counts
+them in a dict per text. Here the batch's tokens are hashed together (`hashed_tokens`), stop
+words dropped by hash, each n-gram's hash made from its words' and looked up in a table: the
+same counts (tests/test_char_ngrams.py compares the matrices on the sample and on edge cases)
+with no Python statement per token.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Sequence
 
 import numpy as np
-import scipy.sparse as sp
+
+from rakuten_classifier.hashed_tokens import (
+    WORD_PATTERN,
+    HashedNgramCounter,
+    HashTable,
+    join_hashes,
+    term_hashes,
+    word_tokens,
+)
 
 
-class WordNgramCounter:
+class WordNgramCounter(HashedNgramCounter):
     """Counts of the n-grams of `vocabulary` (term -> column) in texts, tokenised by
-    `token_pattern` after lowercasing, stop words removed before the n-grams are formed."""
+    WORD_PATTERN after lowercasing, stop words removed before the n-grams are formed.
+    Raises ValueError for another token pattern and CollisionError (a ValueError) for a
+    vocabulary two of whose terms share a hash: scikit-learn's loop then counts."""
 
     def __init__(
         self,
@@ -28,38 +37,31 @@ class WordNgramCounter:
         token_pattern: str,
         stop_words: Collection[str] | None,
     ) -> None:
-        self.vocabulary = vocabulary
+        if token_pattern != WORD_PATTERN:
+            raise ValueError(f"only the token pattern {WORD_PATTERN!r} is counted here")
+        terms = list(vocabulary)
+        columns = np.fromiter(map(vocabulary.get, terms), np.int64, len(terms))
+        self.table = HashTable(term_hashes(terms), columns)
         self.min_n, self.max_n = ngram_range
-        self.pattern = re.compile(token_pattern)
-        if self.pattern.groups > 1:
-            raise ValueError("a token pattern with more than one group is not supported")
-        self.stop_words = frozenset(stop_words or ())
+        self.stop_hashes = np.unique(term_hashes(sorted(stop_words or ())))
         self.width = max(vocabulary.values(), default=-1) + 1
 
-    def _columns(self, text: str) -> list[int]:
-        tokens = self.pattern.findall(text.lower())
-        if self.stop_words:
-            tokens = [token for token in tokens if token not in self.stop_words]
-        lookup = self.vocabulary.get
-        columns = [c for c in map(lookup, tokens) if c is not None] if self.min_n == 1 else []
-        for n in range(max(self.min_n, 2), self.max_n + 1):
-            grams = map(" ".join, zip(*(tokens[k:] for k in range(n)), strict=False))
-            columns += [c for c in map(lookup, grams) if c is not None]
-        return columns
-
-    def counts(self, texts: Sequence[str], dtype: type = np.float64) -> sp.csr_matrix:
-        """Products x vocabulary counts, sorted indices, as `CountVectorizer._count_vocab`."""
-        columns: list[int] = []
-        lengths = np.zeros(len(texts), dtype=np.int64)
-        for row, text in enumerate(texts):
-            found = self._columns(text)
-            columns += found
-            lengths[row] = len(found)
-        indptr = np.zeros(len(texts) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=indptr[1:])
-        indices = np.asarray(columns, dtype=np.int32)
-        matrix = sp.csr_matrix(
-            (np.ones(len(indices), dtype=dtype), indices, indptr), shape=(len(texts), self.width)
-        )
-        matrix.sum_duplicates()  # sorts each row's columns and adds the repeats
-        return matrix
+    def _cells(self, texts: Sequence[str]) -> np.ndarray:
+        """row * width + column of each known n-gram of the texts (rows: their positions)."""
+        tokens = word_tokens(texts)
+        if len(self.stop_hashes):  # sorted: a binary search (np.isin sorts them each call)
+            at = np.searchsorted(self.stop_hashes, tokens.hashes) % len(self.stop_hashes)
+            tokens = tokens.select(self.stop_hashes[at] != tokens.hashes)
+        cells = [np.zeros(0, np.int64)]
+        hashes = tokens.hashes
+        for n in range(1, self.max_n + 1):
+            if n > 1:  # the n-gram at each token: its (n-1)-gram, a space, the next word
+                last = tokens.hashes[n - 1 :], tokens.lengths[n - 1 :]
+                hashes = join_hashes(hashes[:-1], *last)
+            if n >= self.min_n:
+                owners = tokens.owners[: len(hashes)]
+                inside = owners == tokens.owners[n - 1 :]  # first and last word, one text
+                found = self.table.lookup(hashes[inside])
+                known = found >= 0
+                cells.append(owners[inside][known] * self.width + found[known])
+        return np.concatenate(cells)

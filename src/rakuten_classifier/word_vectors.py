@@ -18,7 +18,9 @@ import json
 import re
 import struct
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import sparse
@@ -26,6 +28,14 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from rakuten_classifier.config import default_cache_dir
 from rakuten_classifier.files import atomic_path
+from rakuten_classifier.hashed_tokens import (
+    CHUNK_TEXTS,
+    WORD_PATTERN,
+    CollisionError,
+    HashTable,
+    term_hashes,
+    word_tokens,
+)
 
 _MASK = (1 << 64) - 1
 _MULTIPLIER = 0xC6A4A7935BD1E995
@@ -164,16 +174,57 @@ class MeanWordVector(TransformerMixin, BaseEstimator):
         self.rows_, self.vectors_ = table.rows, table.vectors
         return self
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__())
+        state.pop("_index", None)  # rebuilt from the table on first use
+        return state
+
+    def _known_rows(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The table row of every known token, text after text, and the text of each."""
+        if "_index" not in vars(self):
+            words = list(self.rows_)
+            rows = np.fromiter(map(self.rows_.get, words), np.int64, len(words))
+            try:
+                index = HashTable(term_hashes(words), rows)
+            except CollisionError:
+                index = None  # the dict, token by token
+            self._index = index if self.token_pattern == WORD_PATTERN else None
+        if self._index is not None:
+            tokens = word_tokens(texts)
+            rows, owners = self._index.lookup(tokens.hashes), tokens.owners
+        else:
+            pattern, found = re.compile(self.token_pattern), []
+            lengths = np.zeros(len(texts), dtype=np.int64)
+            for index, text in enumerate(texts):
+                tokens = pattern.findall(text.lower())
+                found += tokens
+                lengths[index] = len(tokens)
+            rows = np.fromiter(map(self.rows_.get, found, repeat(-1)), np.int64, len(found))
+            owners = np.repeat(np.arange(len(texts)), lengths)
+        known = rows >= 0
+        return rows[known], owners[known]
+
     def transform(self, texts: list[str]) -> sparse.csr_matrix:
-        pattern = re.compile(self.token_pattern)
+        # One sparse product sums each text's vectors. The float16 values are exact in
+        # float64, and so is any sum of a few million of them: the means are the bits a
+        # text-by-text loop computes, in a fraction of the time.
         out = np.zeros((len(texts), self.vectors_.shape[1]), dtype=np.float32)
-        for index, text in enumerate(texts):
-            rows = [self.rows_[w] for w in pattern.findall(text.lower()) if w in self.rows_]
-            if rows:
-                mean = self.vectors_[rows].astype(np.float64).mean(axis=0)
-                # Summed here rather than by np.linalg.norm: BLAS picks its kernel by CPU, and
-                # the last bit of the norm would then differ between machines.
-                norm = float(np.sqrt(np.square(mean).sum()))
-                if norm > 0:
-                    out[index] = mean * (self.weight / norm)
+        for first in range(0, len(texts), CHUNK_TEXTS):
+            chunk = texts[first : first + CHUNK_TEXTS]
+            rows, owners = self._known_rows(chunk)
+            lengths = np.bincount(owners, minlength=len(chunk))
+            used, columns = np.unique(rows, return_inverse=True)
+            indptr = np.zeros(len(chunk) + 1, dtype=np.int64)
+            np.cumsum(lengths, out=indptr[1:])
+            tokens = sparse.csr_matrix(
+                (np.ones(len(columns)), columns, indptr), shape=(len(chunk), len(used))
+            )
+            sums = np.asarray(tokens @ self.vectors_[used].astype(np.float64))
+            known = lengths > 0
+            means = sums[known] / lengths[known, None]
+            # Summed here rather than by np.linalg.norm: BLAS picks its kernel by CPU, and
+            # the last bit of the norm would then differ between machines.
+            norms = np.sqrt(np.square(means).sum(axis=1))
+            scale = np.divide(self.weight, norms, out=np.zeros_like(norms), where=norms > 0)
+            out[first : first + len(chunk)][known] = means * scale[:, None]
         return sparse.csr_matrix(out)
