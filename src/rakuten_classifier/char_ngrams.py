@@ -59,9 +59,9 @@ class CharNgramIndex(HashedNgramCounter):
 
     def _cells(self, texts: Sequence[str]) -> np.ndarray:
         points, lengths, owners = padded_words(texts)
-        ends = np.repeat(np.cumsum(lengths), lengths)  # where each position's word ends
-        rows_of = np.repeat(owners, lengths)
-        positions = np.arange(len(points))
+        # How many characters each position has left in its padded word, and its row's cell.
+        room = np.repeat(np.cumsum(lengths), lengths) - np.arange(len(points))
+        row_cells = np.repeat(owners * self.width, lengths)
         cells = [np.zeros(0, np.int64)]
         hashes = np.zeros(len(points), dtype=np.uint64)
         for n in range(1, self.max_n + 1):
@@ -72,8 +72,8 @@ class CharNgramIndex(HashedNgramCounter):
             hashes = hashes[:span] * MULTIPLIER + points[n - 1 :]
             if n < self.min_n:
                 continue
-            inside = positions[:span] + n <= ends[:span]
+            inside = np.flatnonzero(room[:span] >= n)  # windows within one padded word
             found = self.table.lookup(hashes[inside])
             known = found >= 0
-            cells.append(rows_of[:span][inside][known] * self.width + found[known])
+            cells.append(row_cells[inside[known]] + found[known])
         return np.concatenate(cells)
