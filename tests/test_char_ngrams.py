@@ -146,3 +146,18 @@ def test_word_and_space_characters_are_pythons_on_every_code_point() -> None:
     np.testing.assert_array_equal(hashed_tokens.is_word(points), in_regex)
     splits = [len(f"a{c}b".split()) == 2 for c in characters]
     np.testing.assert_array_equal(hashed_tokens.is_space(points), splits)
+
+
+def test_the_hash_table_finds_every_key_even_past_its_last_home_slot() -> None:
+    # Keys whose home is the very last slot: probing runs past it into the spare slots.
+    inverse = pow(int(hashed_tokens._SPREAD), -1, 2**64)
+    crowded = [(((2**64 - 1 - k) * inverse) % 2**64) for k in range(40)]
+    spread = np.random.default_rng(0).integers(0, 2**63, 500, dtype=np.uint64)
+    keys = np.concatenate([np.array(crowded, dtype=np.uint64), spread])
+    table = hashed_tokens.HashTable(keys, np.arange(len(keys)))
+    absent = np.random.default_rng(1).integers(0, 2**63, 200, dtype=np.uint64)
+    found = table.lookup(np.concatenate([keys, absent]))
+    np.testing.assert_array_equal(found[: len(keys)], np.arange(len(keys)))
+    assert (found[len(keys) :] == -1).all()
+    with pytest.raises(CollisionError):
+        hashed_tokens.HashTable(keys[[0, 1, 0]], np.arange(3))

@@ -53,7 +53,7 @@ class CharNgramIndex(HashedNgramCounter):
         if self.min_n > 3:
             raise ValueError("char n-grams longer than 3 characters at least: not supported")
         terms = list(vocabulary)
-        columns = np.fromiter(map(vocabulary.get, terms), np.int64, len(terms))
+        columns = np.fromiter(vocabulary.values(), np.int64, len(terms))  # in key order
         self.table = HashTable(term_hashes(terms), columns)
         self.width = len(terms)
 

@@ -69,25 +69,29 @@ def powers(size: int) -> np.ndarray:
 class HashTable:
     """Hash -> value (a non-negative integer) by open addressing with a quarter of the slots
     used: a lookup is one or two gathers (a binary search over sorted hashes took 18). Each
-    slot holds its key and its value side by side, so one cache line gives both."""
+    slot holds its key and its value side by side, so one cache line gives both. Probing
+    runs forward without wrapping: the table has a few spare slots past its 2^bits, and an
+    empty one after the last term."""
 
     def __init__(self, hashes: np.ndarray, values: np.ndarray) -> None:
-        if len(np.unique(hashes)) < len(hashes):
-            raise CollisionError("two terms share a 64-bit hash")
         self.bits = max(4, int(np.ceil(np.log2(max(len(hashes), 1) * 4))))
-        size = 1 << self.bits
+        # Sorted by the spread hash: by home slot (its top bits), and as the spreading is a
+        # bijection (an odd multiplier), equal hashes end up side by side.
+        spread = hashes * _SPREAD
+        order = np.argsort(spread)
+        spread = spread[order]
+        if np.any(spread[1:] == spread[:-1]):
+            raise CollisionError("two terms share a 64-bit hash")
+        homes = (spread >> np.uint64(64 - self.bits)).astype(np.int64)
+        # Linear probing, all at once: in home order each term takes the first free slot at
+        # or after its home, i.e. slot_i = max(home_i, slot_(i-1) + 1) = i + max_(j<=i)(home_j - j).
+        rank = np.arange(len(order))
+        placed = rank + np.maximum.accumulate(homes - rank) if len(order) else rank
+        size = max(1 << self.bits, int(placed.max(initial=0)) + 2)
         self.slots = np.zeros((size, 2), dtype=np.int64)
         self.slots[:, 1] = -1  # an empty slot
-        keys = hashes.view(np.int64)
-        pending, wanted_slots = np.arange(len(hashes)), self._slots(hashes)
-        while pending.size:  # linear probing: each round places one term per free slot
-            wanted = wanted_slots[pending]
-            free = self.slots[wanted, 1] < 0
-            taken, first = np.unique(wanted[free], return_index=True)
-            placed = pending[free][first]
-            self.slots[taken, 0], self.slots[taken, 1] = keys[placed], values[placed]
-            pending = np.setdiff1d(pending, placed, assume_unique=True)
-            wanted_slots[pending] = (wanted_slots[pending] + 1) & (size - 1)
+        self.slots[placed, 0] = hashes[order].view(np.int64)
+        self.slots[placed, 1] = values[order]
 
     def _slots(self, hashes: np.ndarray) -> np.ndarray:
         # Fibonacci hashing: the product's top bits depend on every bit of the hash.
@@ -107,7 +111,7 @@ class HashTable:
         active = np.flatnonzero((value >= 0) & ~hit)  # the few that collided: probe on
         slots = slots[active]
         while active.size:
-            slots = (slots + 1) & (len(self.slots) - 1)
+            slots = slots + 1
             key, value = self._gather(slots)
             hit = (value >= 0) & (key == keys[active])
             found[active[hit]] = value[hit]

@@ -40,7 +40,7 @@ class WordNgramCounter(HashedNgramCounter):
         if token_pattern != WORD_PATTERN:
             raise ValueError(f"only the token pattern {WORD_PATTERN!r} is counted here")
         terms = list(vocabulary)
-        columns = np.fromiter(map(vocabulary.get, terms), np.int64, len(terms))
+        columns = np.fromiter(vocabulary.values(), np.int64, len(terms))  # in key order
         self.table = HashTable(term_hashes(terms), columns)
         self.min_n, self.max_n = ngram_range
         self.stop_hashes = np.unique(term_hashes(sorted(stop_words or ())))

@@ -183,7 +183,7 @@ class MeanWordVector(TransformerMixin, BaseEstimator):
         """The table row of every known token, text after text, and the text of each."""
         if "_index" not in vars(self):
             words = list(self.rows_)
-            rows = np.fromiter(map(self.rows_.get, words), np.int64, len(words))
+            rows = np.fromiter(self.rows_.values(), np.int64, len(words))
             try:
                 index = HashTable(term_hashes(words), rows)
             except CollisionError:
