@@ -35,9 +35,6 @@ FAST_PARAMS = {
     "tokenize.sentence_encoder": None,
     # The experiments and CI tests switch the fusion to stacking, the default, from this.
     "train_fusion.method": "weighted",
-    # Out-of-fold fusion on 3 folds, not 5: each fold refits both models (the tests check
-    # the mechanics; the README's figures come from the default).
-    "train_fusion.folds": 3,
 }
 
 

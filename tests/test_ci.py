@@ -73,7 +73,7 @@ def test_comment_holds_the_comparison_with_the_base_branch(
     comment = (pr_project / "reports/pr/comment.md").read_text()
     assert comment.startswith(MARKER + "\n# workspace compared with main\n")
     assert '| `train_fusion.method` | `"weighted"` | `"stacking"` |' in comment
-    assert "| `train_fusion.folds` | `3` | `0` |" in comment
+    assert "| `train_fusion.folds` | `5` | `0` |" in comment
     assert "## Metrics on the held-out test split" in comment
     # DVC's own diff of every tracked metric: the fusion stage's held-out set shrank with
     # folds=0 (validation split only instead of out-of-fold + validation).
@@ -93,7 +93,7 @@ def test_workspace_metrics_are_the_reproduced_ones(
     base = yaml.safe_load(run(["git", "show", "main:dvc.lock"], pr_project).stdout)
     lock = yaml.safe_load((pr_project / "dvc.lock").read_text())
     assert lock["stages"]["train_fusion"]["params"]["params.yaml"]["train_fusion"]["folds"] == 0
-    assert base["stages"]["train_fusion"]["params"]["params.yaml"]["train_fusion"]["folds"] == 3
+    assert base["stages"]["train_fusion"]["params"]["params.yaml"]["train_fusion"]["folds"] == 5
     base_fusion = run(["git", "show", "main:dvclive/train_fusion/metrics.json"], pr_project)
     assert fusion["held_out"]["products"] < json.loads(base_fusion.stdout)["held_out"]["products"]
 
