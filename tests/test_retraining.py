@@ -55,6 +55,7 @@ print(json.dumps({"errors": errors, "tasks": tasks}))
 """
 
 
+@pytest.mark.slow  # needs .venv-airflow, which `make test` builds and `make test-fast` does not
 def test_the_dagbag_imports_the_dag_without_errors(tmp_path: Path) -> None:
     airflow(tmp_path, {}, "version")  # fails the test when .venv-airflow is missing
     result = subprocess.run(
