@@ -22,6 +22,7 @@ from rakuten_classifier.hashed_tokens import (
     HashTable,
     is_space,
     lowered_points,
+    runs,
     term_hashes,
 )
 
@@ -33,12 +34,10 @@ def padded_words(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarr
     the texts' code points rather than a string per word (a third of the time)."""
     points, text_ends = lowered_points(texts)
     in_word = ~is_space(points)
-    edges = np.diff(in_word.astype(np.int8), prepend=0, append=0)
-    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-    owners = np.searchsorted(text_ends, starts, side="right")
+    starts, ends, owners = runs(in_word, text_ends)
     # Character k of word w moves right by 2w + 1: one space before each word, one after.
-    chars = np.flatnonzero(in_word)
-    word_of = np.cumsum(edges[:-1] == 1)[chars] - 1
+    chars = np.flatnonzero(in_word)  # word after word
+    word_of = np.repeat(np.arange(len(starts)), ends - starts)
     padded = np.full(len(chars) + 2 * len(starts), SPACE, dtype=np.uint64)
     padded[np.arange(len(chars)) + 2 * word_of + 1] = points[chars].astype(np.uint64) + 1
     return padded, ends - starts + 2, owners

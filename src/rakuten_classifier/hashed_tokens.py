@@ -160,6 +160,14 @@ def lowered_points(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     return points, np.cumsum(sizes)
 
 
+def runs(mask: np.ndarray, text_ends: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where each maximal run of True in `mask` (over `lowered_points`) starts and ends, and
+    the text it lies in (the newline between texts is never part of a run)."""
+    edges = np.diff(mask.astype(np.int8), prepend=0, append=0)
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    return starts, ends, np.searchsorted(text_ends, starts, side="right")
+
+
 @dataclass
 class Tokens:
     """A batch's word tokens in text order: hash, length in characters, owning text."""
@@ -175,11 +183,9 @@ class Tokens:
 def word_tokens(texts: Sequence[str]) -> Tokens:
     """The matches of WORD_PATTERN in each lower-cased text, as `re.findall` lists them."""
     points, text_ends = lowered_points(texts)
-    edges = np.diff(is_word(points).astype(np.int8), prepend=0, append=0)
-    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    starts, ends, owners = runs(is_word(points), text_ends)
     long_enough = ends - starts >= 2
-    starts, lengths = starts[long_enough], (ends - starts)[long_enough]
-    owners = np.searchsorted(text_ends, starts, side="right")
+    starts, lengths, owners = starts[long_enough], (ends - starts)[long_enough], owners[long_enough]
     hashes = span_hashes(points.astype(np.uint64) + 1, starts, lengths)
     return Tokens(hashes, lengths, owners)
 
